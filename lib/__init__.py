@@ -1,0 +1,1 @@
+"""Infrastructure shared by the progs, the daemon, the API and the CLI."""

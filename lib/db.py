@@ -1,0 +1,39 @@
+"""The async engine and the few helpers every database user needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from lib.config import normalize_database_url
+
+
+def create_engine(url: URL | str, *, pool_size: int = 5, application_name: str = "imagecp",
+                  **options: Any) -> AsyncEngine:
+    """An asyncpg engine. Connections are checked before use, so a restarted server is survived."""
+    if isinstance(url, str):
+        url = normalize_database_url(url)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": application_name}},
+        **options,
+    )
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """True when `error` means the connection to the server is gone (not a query failure)."""
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig if error.orig is not None else error
+    return isinstance(error, ConnectionError | OSError | asyncpg.exceptions.ConnectionDoesNotExistError
+                      | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.PostgresConnectionError
+                      | asyncpg.exceptions.AdminShutdownError | asyncpg.exceptions.CannotConnectNowError)

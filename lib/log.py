@@ -1,0 +1,41 @@
+"""Structured logging: JSON lines in production, a readable console elsewhere.
+
+Every module logs through `get_logger(__name__)`; events are short lowercase phrases
+("hopped", "strand failed") with the facts as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+def configure(log_format: str = "console", level: str = "info") -> None:
+    """Install the structlog pipeline; safe to call more than once."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.dict_tracebacks)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=_LEVELS[level], stream=sys.stderr, format="%(message)s")
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

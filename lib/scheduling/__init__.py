@@ -1,0 +1,1 @@
+"""The strand engine: leases, steps, and (later) the dispatcher that drives them."""

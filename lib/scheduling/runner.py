@@ -1,0 +1,87 @@
+"""A strand run: take the lease, run steps until a nap, an exit or the budget, give it back.
+
+The lease goes back in the commit of the run's last step. Only a failed step needs a commit
+of its own: its writes are rolled back, then the lease is released with the error recorded
+on the row (`last_error`), and the strand waits out the backoff scheduled at lease time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lib import db, ubid
+from lib.log import get_logger
+from lib.scheduling import lease
+from lib.scheduling.flow import ChildFailed, LeaseLost, MalformedStrand, Outcome, StrandFailed
+from lib.scheduling.state import StrandState
+from lib.scheduling.step import run_step
+
+log = get_logger(__name__)
+
+LEASE_SECONDS = 120.0
+RUN_BUDGET_SECONDS = 30.0
+
+
+class StrandRunner:
+    """Runs strands on one connection, as one lease holder."""
+
+    def __init__(self, connection: AsyncConnection, *, holder: uuid.UUID | None = None,
+                 lease_seconds: float = LEASE_SECONDS, jitter: bool = True) -> None:
+        self.connection = connection
+        self.holder = holder or uuid.uuid4()
+        self.lease_seconds = lease_seconds
+        self.jitter = jitter
+
+    async def take(self, strand_id: uuid.UUID) -> StrandState | None:
+        return await lease.take(self.connection, strand_id, self.holder,
+                                lease_seconds=self.lease_seconds, jitter=self.jitter)
+
+    async def run(self, strand_id: uuid.UUID,
+                  budget: float = RUN_BUDGET_SECONDS) -> Outcome | None:
+        """Run a strand if its lease is free; None when it is held elsewhere or has exited."""
+        state = await self.take(strand_id)
+        if state is None:
+            return None
+        return await self.run_leased(state, budget)
+
+    async def run_leased(self, state: StrandState, budget: float = RUN_BUDGET_SECONDS) -> Outcome:
+        """Run steps of a strand whose lease we hold. Raises StrandFailed after a failed step."""
+        final_after = time.monotonic() + budget
+        while True:
+            try:
+                result = await run_step(self.connection, state, self, final_after=final_after)
+            except (LeaseLost, StrandFailed):
+                raise
+            except Exception as error:
+                if db.is_disconnect(error):
+                    raise  # the lease is reclaimed once our holder is judged gone
+                await self._fail(state, error)
+                raise StrandFailed(state.id, error) from error
+            if not result.released:
+                continue
+            if isinstance(result.outcome, ChildFailed):
+                raise result.outcome.error
+            if state.parent_id is not None and not self.connection.in_transaction():
+                await self._wake_parent(state.parent_id)
+            return result.outcome
+
+    async def _fail(self, state: StrandState, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        fields = {"strand": ubid.to_ubid(state.id), "prog_label": f"{state.prog}.{state.label}",
+                  "try_": state.try_, "error": reason}
+        if isinstance(error, MalformedStrand):
+            log.error("strand failed", **fields)
+        else:
+            log.error("strand failed", **fields, exc_info=error)
+        async with lease.atomic(self.connection):
+            released = await self.connection.execute(
+                lease.RELEASE_AFTER_FAILURE, {**lease.fence(state), "error": reason[:4000]})
+        if released.rowcount != 1:
+            log.error("lease violated", strand=ubid.to_ubid(state.id))
+
+    async def _wake_parent(self, parent_id: uuid.UUID) -> None:
+        async with lease.atomic(self.connection):
+            await self.connection.execute(lease.WAKE_PARENT, {"parent_id": parent_id})

@@ -1,0 +1,33 @@
+"""The in-memory copy of a leased strand row that a run works on."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class StrandState:
+    id: uuid.UUID
+    parent_id: uuid.UUID | None
+    prog: str
+    label: str
+    stack: list[dict[str, Any]]
+    retval: dict[str, Any] | None
+    schedule: datetime  # the compare-and-set key of the next nap
+    lease: datetime  # the value we wrote when taking the lease: the fence of every commit
+    try_: int
+    holder: uuid.UUID
+    stack_modified: bool = field(default=False)
+
+    @classmethod
+    def from_row(cls, row: Any, holder: uuid.UUID) -> StrandState:
+        return cls(id=row.id, parent_id=row.parent_id, prog=row.prog, label=row.label,
+                   stack=row.stack, retval=row.retval, schedule=row.schedule, lease=row.lease,
+                   try_=row.try_, holder=holder)
+
+    def copy_stack(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.stack)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a throwaway, migrated database on a real PostgreSQL server.
+
+bin/test exports TEST_DATABASE_HOST/PORT (the server on 127.0.0.1:5432, or a private cluster
+it started). Each session gets its own database, dropped at the end; each test starts from
+empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import structlog
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lib import db, migrations
+from lib.log import configure
+from lib.scheduling.runner import StrandRunner
+
+HOST = os.environ.get("TEST_DATABASE_HOST", "127.0.0.1")
+PORT = int(os.environ.get("TEST_DATABASE_PORT", "5432"))
+USER = os.environ.get("TEST_DATABASE_USER", "postgres")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"imagecp_test_{uuid.uuid4().hex[:12]}"
+    with DatabaseJanitor(user=USER, host=HOST, port=PORT, dbname=name):
+        url = f"postgresql+asyncpg://{USER}@{HOST}:{PORT}/{name}"
+        migrations.upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    configure("console", "debug")
+    engine = db.create_engine(database_url, pool_size=10, application_name="imagecp-test")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    if "engine" in request.fixturenames:
+        engine: AsyncEngine = request.getfixturevalue("engine")
+        async with engine.begin() as connection:
+            await connection.execute(text("TRUNCATE strand, semaphore, page CASCADE"))
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as connection:
+        yield connection
+
+
+@pytest.fixture
+def runner(connection: AsyncConnection) -> StrandRunner:
+    return StrandRunner(connection, jitter=False)
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, object]]]:
+    """Structured events logged during the test, each a dict with `event` and its fields."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured
