@@ -18,7 +18,7 @@ DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/imagecp"
 
 
 def normalize_database_url(raw: str) -> URL:
-    """Accept `postgresql://…`, `postgres://…` or `postgresql+asyncpg://…`; return an asyncpg URL."""
+    """Accept postgresql://, postgres:// or postgresql+asyncpg:// URLs; return an asyncpg one."""
     try:
         url = make_url(raw.strip())
     except ArgumentError as error:

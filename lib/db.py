@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError
-
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lib.config import normalize_database_url
@@ -28,12 +27,21 @@ def create_engine(url: URL | str, *, pool_size: int = 5, application_name: str =
     )
 
 
+_DISCONNECTS = (
+    ConnectionError,
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+
 def is_disconnect(error: BaseException) -> bool:
     """True when `error` means the connection to the server is gone (not a query failure)."""
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True
         error = error.orig if error.orig is not None else error
-    return isinstance(error, ConnectionError | OSError | asyncpg.exceptions.ConnectionDoesNotExistError
-                      | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.PostgresConnectionError
-                      | asyncpg.exceptions.AdminShutdownError | asyncpg.exceptions.CannotConnectNowError)
+    return isinstance(error, _DISCONNECTS)

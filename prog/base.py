@@ -40,7 +40,8 @@ DEFAULT_NAP_SECONDS = 30
 REAP_FALLBACK_NAP = 120
 
 LabelFn = TypeVar("LabelFn", bound=Callable[..., Awaitable[None]])
-Label = Callable[[], Awaitable[None]]
+Label = Callable[[], Awaitable[None]]  # a bound label method: self.wait
+ForeignLabel = str | Callable[..., Awaitable[None]]  # another prog's label: "start", Test.wait
 
 _INSERT_CHILD = text(
     "INSERT INTO strand (id, parent_id, prog, label, stack) VALUES (:id, :parent_id, :prog,"
@@ -199,7 +200,7 @@ class Prog:
         raise FlowControl(Exit(self.prog_name, self.label_name, dict(value)))
 
     def push(self, prog: type[Prog], frame: Mapping[str, Any] | None = None,
-             label: str | Label = "start") -> NoReturn:
+             label: ForeignLabel = "start") -> NoReturn:
         """Run another prog on top of this frame; its `pop` returns here with `retval`."""
         name = registry.name_of(prog)
         target = self._label_name(label, prog)
@@ -211,7 +212,7 @@ class Prog:
                               [new_frame, *stack], None))
 
     async def bud(self, prog: type[Prog], frame: Mapping[str, Any] | None = None,
-                  label: str | Label = "start") -> uuid.UUID:
+                  label: ForeignLabel = "start") -> uuid.UUID:
         """Start a child strand now (in this step's transaction); the step goes on."""
         child_id = ubid.generate(ubid.TYPE_STRAND)
         await self.connection.execute(_INSERT_CHILD, {
@@ -312,8 +313,11 @@ class Prog:
         """Hook: runs once when `destroy` is first seen, before the prog turns to destroying."""
 
     async def hop_destroy(self) -> NoReturn:
+        """Turn to the `destroy` label, marking the strand `destroying`."""
+        if "destroy" not in self.labels:
+            raise EngineBug(f"BUG: {self.prog_name} has no destroy label")
         await self.incr("destroying")
-        raise FlowControl(self._hop_outcome(self._label_name(getattr(self, "destroy"))))
+        raise FlowControl(self._hop_outcome("destroy"))
 
     async def before_run(self) -> None:
         """Runs before every label: turns a prog whose `destroy` is set towards destruction."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -64,7 +65,7 @@ def runner(connection: AsyncConnection) -> StrandRunner:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
+def logs() -> Iterator[list[Any]]:
     """Structured events logged during the test, each a dict with `event` and its fields."""
     with structlog.testing.capture_logs() as captured:
         yield captured

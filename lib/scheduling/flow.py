@@ -66,7 +66,7 @@ class Exit(Outcome):
         return f"Strand exits from {self.prog}#{self.label} with {self.value}"
 
 
-class FlowControl(BaseException):  # noqa: N818 - it is a signal, not an error
+class FlowControl(BaseException):
     """Raised by hop/nap/pop/push to end a label; caught only by the engine."""
 
     def __init__(self, outcome: Outcome) -> None:
@@ -75,7 +75,7 @@ class FlowControl(BaseException):  # noqa: N818 - it is a signal, not an error
 
 
 class EngineBug(Exception):
-    """A misuse the engine refuses (bad hop target, missing flow control, …); message starts BUG:."""
+    """A misuse the engine refuses (bad hop target, no flow control, …); message starts BUG:."""
 
 
 class MalformedStrand(Exception):

@@ -66,7 +66,7 @@ def _check_stack(state: StrandState) -> None:
 
 def _prog_class(state: StrandState) -> Any:
     try:
-        cls = registry.load(state.prog)
+        cls: Any = registry.load(state.prog)
     except LookupError as error:
         raise MalformedStrand(state.id, str(error)) from None
     if state.label not in cls.labels:
@@ -128,7 +128,8 @@ async def run_step(connection: AsyncConnection, state: StrandState, runner: Stra
             await snapshot.flush()
             for prog, target in context.pages_to_resolve:
                 await page.request_resolve(connection, deadlines.page_tag(state.id, prog, target))
-            final = (isinstance(outcome, Exit) or (isinstance(outcome, Nap) and outcome.seconds != 0)
+            final = (isinstance(outcome, Exit)
+                     or (isinstance(outcome, Nap) and outcome.seconds != 0)
                      or time.monotonic() >= final_after)
             await _apply(connection, state, outcome, final=final)
     finally:

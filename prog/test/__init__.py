@@ -16,6 +16,7 @@ log = get_logger(__name__)
 
 
 class Test(Prog):
+    __test__ = False  # a prog, not a pytest class
     semaphores = ("test_semaphore", "destroy")
     test_level = FrameField()
 
@@ -190,6 +191,10 @@ class Test(Prog):
     async def late_signal_napper(self) -> None:
         await semaphore.incr(self.connection, self.strand_id, "late_signal")
         self.nap(123)
+
+    @label
+    async def undeclared_semaphore(self) -> None:
+        self.nap(1 if self.is_set("late_signal") else 2)
 
     @label
     async def snap_signal_napper(self) -> None:

@@ -18,8 +18,8 @@ async def create(engine: AsyncEngine, label: str, *, prog: str = "Test",
     strand_id = strand_id or ubid.generate(ubid.TYPE_STRAND)
     async with engine.begin() as connection:
         await connection.execute(
-            text("INSERT INTO strand (id, parent_id, prog, label, stack, schedule)"
-                 f" VALUES (:id, :parent_id, :prog, :label, CAST(:stack AS jsonb), {schedule_sql})"),
+            text("INSERT INTO strand (id, parent_id, prog, label, stack, schedule) VALUES"
+                 f" (:id, :parent_id, :prog, :label, CAST(:stack AS jsonb), {schedule_sql})"),
             {"id": strand_id, "parent_id": parent_id, "prog": prog, "label": label,
              "stack": json.dumps(stack if stack is not None else [{}])})
     return strand_id
