@@ -355,6 +355,8 @@ class Prog:
             self._context.pages_to_resolve.append((self.prog_name, top.get("deadline_target")))
         self.frame_set("deadline_target", name)
         self.frame_set("deadline_page", page)
+        # A rewritten deadline is armed again (the reference keeps a fired one silent).
+        self.delete_from_stack("deadline_notified")
         if type(allow_extension) is int:
             start = timefmt.read(top["deadline_start"]) if top.get("deadline_start") else now
             self.frame_set("deadline_start", timefmt.write(start))

@@ -9,6 +9,7 @@ log = get_logger(__name__)
 
 
 class Test2(Prog):
+    __test__ = False  # a prog, not a pytest class
     semaphores = ("destroy",)
 
     async def before_destroy(self) -> None:
