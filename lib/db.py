@@ -31,7 +31,6 @@ _DISCONNECTS = (
     ConnectionError,
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
@@ -40,8 +39,14 @@ _DISCONNECTS = (
 
 def is_disconnect(error: BaseException) -> bool:
     """True when `error` means the connection to the server is gone (not a query failure)."""
-    if isinstance(error, DBAPIError):
-        if error.connection_invalidated:
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    # SQLAlchemy wraps its own adapter exception, which wraps asyncpg's: walk the chain.
+    seen: BaseException | None = error
+    for _ in range(8):  # a bounded walk: chains can be cyclic
+        if seen is None:
+            break
+        if isinstance(seen, _DISCONNECTS):
             return True
-        error = error.orig if error.orig is not None else error
-    return isinstance(error, _DISCONNECTS)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False

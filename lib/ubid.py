@@ -8,6 +8,7 @@ for bits 63..0 plus an even-parity bit.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -126,7 +127,9 @@ def generate(prefix: str) -> uuid.UUID:
 
 def generate_from_time(prefix: str, at: float | None = None) -> uuid.UUID:
     """A time-ordered id whose top 48 bits are `at` (default: now) in milliseconds."""
-    millis = round((time.time() if at is None else at) * 1000)
+    # Now is floored (a millisecond that has not started must not be claimed); an explicit
+    # time is rounded.
+    millis = math.floor(time.time() * 1000) if at is None else round(at * 1000)
     rest = secrets.randbits(64)
     return from_parts(millis, prefix, rest & 3, rest >> 2)
 

@@ -48,7 +48,7 @@ async def test_4_a_run_ending_on_a_hop_leaves_the_strand_due_now_unlike_the_refe
     assert row.try_ == 0
 
 
-async def test_5_backoff_uses_the_try_before_the_increment_measured_from_lease_time_like_the_reference(
+async def test_5_backoff_uses_the_try_before_increment_from_lease_time_like_the_reference(
         engine: AsyncEngine, runner: StrandRunner) -> None:
     strand_id = await strands.create(engine, "failer")
     await strands.execute(engine, "UPDATE strand SET try = 2 WHERE id = :id", id=strand_id)
