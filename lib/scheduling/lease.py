@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Boolean, Float, bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lib.scheduling.state import StrandState
@@ -24,7 +24,12 @@ FENCE = "id = :id AND lease = :lease AND lease_holder = :holder"
 # try is the value before the increment: the first failure retries within [0, 1) s, the
 # n-th within [0, 2^n) s, capped at 600 s. Pre-scheduling at lease time also backs off
 # strands whose step kills the whole process.
-BACKOFF = "LEAST(power(2, LEAST(try, 20)), 600) * (CASE WHEN :jitter THEN random() ELSE 1 END)"
+def _backoff(tries: str) -> str:
+    jitter = "CASE WHEN :jitter THEN random() ELSE 1 END"
+    return f"LEAST(power(2, LEAST({tries}, 20)), 600) * ({jitter})"
+
+
+BACKOFF = _backoff("try")
 RETURNED = "id, parent_id, prog, label, stack, retval, schedule, lease, try AS try_"
 
 TAKE = text(f"""
@@ -114,3 +119,42 @@ async def take(connection: AsyncConnection, strand_id: uuid.UUID, holder: uuid.U
             "id": strand_id, "holder": holder, "lease_seconds": lease_seconds, "jitter": jitter,
         })).one_or_none()
     return None if row is None else StrandState.from_row(row, holder)
+
+
+# -- respirate: claims in batches, covering free leases and those of processes that are gone --
+
+CLAIM = text(f"""
+    WITH due AS (
+        SELECT id, schedule AS due_at, lease_holder AS previous_holder
+          FROM strand
+         WHERE exitval IS NULL AND schedule < now() AND id BETWEEN :low AND :high
+           AND (lease < now() OR lease_holder = ANY(:gone))
+         ORDER BY schedule
+         LIMIT :limit
+           FOR NO KEY UPDATE SKIP LOCKED)
+    UPDATE strand s
+       SET lease = now() + :lease_seconds * interval '1 second', lease_holder = :holder,
+           try = s.try + 1, schedule = now() + {_backoff("s.try")} * interval '1 second'
+      FROM due
+     WHERE s.id = due.id
+    RETURNING s.id, s.parent_id, s.prog, s.label, s.stack, s.retval, s.schedule, s.lease,
+              s.try AS try_, due.due_at, COALESCE(due.previous_holder = ANY(:gone), false)
+              AS reclaimed, clock_timestamp() AS claimed_at
+""").bindparams(
+    bindparam("jitter", type_=Boolean), bindparam("lease_seconds", type_=Float),
+    bindparam("gone", type_=ARRAY(UUID(as_uuid=True))),
+).columns(stack=JSONB, retval=JSONB)
+
+# The earliest schedule among strands nobody holds in a range: how long respirate may sleep.
+NEXT_DUE = text("""
+    SELECT min(schedule) FROM strand
+     WHERE exitval IS NULL AND lease < now() AND id BETWEEN :low AND :high
+""")
+
+RELEASE = text(f"UPDATE strand SET lease = {FREE}, lease_holder = NULL WHERE {FENCE}")
+
+# After a lost connection: give back every lease we hold that no worker is running.
+RELEASE_ORPHANS = text(f"""
+    UPDATE strand SET lease = {FREE}, lease_holder = NULL
+     WHERE lease_holder = :holder AND NOT (id = ANY(:running))
+""").bindparams(bindparam("running", type_=ARRAY(UUID(as_uuid=True))))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -29,11 +30,15 @@ class StrandRunner:
     """Runs strands on one connection, as one lease holder."""
 
     def __init__(self, connection: AsyncConnection, *, holder: uuid.UUID | None = None,
-                 lease_seconds: float = LEASE_SECONDS, jitter: bool = True) -> None:
+                 lease_seconds: float = LEASE_SECONDS, jitter: bool = True,
+                 may_step: Callable[[], bool] | None = None) -> None:
         self.connection = connection
         self.holder = holder or uuid.uuid4()
         self.lease_seconds = lease_seconds
         self.jitter = jitter
+        # Asked before every step: False (shutting down, heartbeat failing) ends the run.
+        self.may_step = may_step
+        self.steps = 0  # steps committed by this runner
 
     async def take(self, strand_id: uuid.UUID) -> StrandState | None:
         return await lease.take(self.connection, strand_id, self.holder,
@@ -47,10 +52,17 @@ class StrandRunner:
             return None
         return await self.run_leased(state, budget)
 
-    async def run_leased(self, state: StrandState, budget: float = RUN_BUDGET_SECONDS) -> Outcome:
-        """Run steps of a strand whose lease we hold. Raises StrandFailed after a failed step."""
+    async def run_leased(self, state: StrandState,
+                         budget: float = RUN_BUDGET_SECONDS) -> Outcome | None:
+        """Run steps of a strand whose lease we hold. Raises StrandFailed after a failed step;
+        None when `may_step` stopped the run before any outcome."""
         final_after = time.monotonic() + budget
+        outcome: Outcome | None = None
         while True:
+            if self.may_step is not None and not self.may_step():
+                async with lease.atomic(self.connection):
+                    await self.connection.execute(lease.RELEASE, lease.fence(state))
+                return outcome
             try:
                 result = await run_step(self.connection, state, self, final_after=final_after)
             except (LeaseLost, StrandFailed):
@@ -60,6 +72,8 @@ class StrandRunner:
                     raise  # the lease is reclaimed once our holder is judged gone
                 await self._fail(state, error)
                 raise StrandFailed(state.id, error) from error
+            outcome = result.outcome
+            self.steps += 1
             if not result.released:
                 continue
             if isinstance(result.outcome, ChildFailed):

@@ -184,8 +184,8 @@ async def _apply(connection: AsyncConnection, state: StrandState, outcome: Outco
 
 
 def _log_outcome(state: StrandState, outcome: Outcome, started: datetime) -> None:
-    if isinstance(outcome, Hop):
-        log.info("hopped", strand=ubid.to_ubid(state.id),
+    if isinstance(outcome, Hop):  # debug: at thousands of hops a second, info would drown
+        log.debug("hopped", strand=ubid.to_ubid(state.id),
                  from_=f"{outcome.from_prog}.{outcome.from_label}",
                  to=f"{outcome.prog}.{outcome.label}")
     elif isinstance(outcome, Exit):
