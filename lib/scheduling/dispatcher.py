@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +50,22 @@ class Settings:
     loop_block_limit: float = 7.0
     shutdown_grace: float = 10.0
     jitter: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **given: Any) -> Settings:
+        """Settings from `given`, then `RESPIRATE_<FIELD>` variables (tuning and tests)."""
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            raw = env.get(f"RESPIRATE_{item.name.upper()}")
+            if raw is None or item.name in given:
+                continue
+            try:
+                values[item.name] = raw.lower() in ("1", "true", "yes") if item.type == "bool" \
+                    else float(raw) if item.type == "float" else int(raw)
+            except ValueError:
+                raise ValueError(f"RESPIRATE_{item.name.upper()} must be a number, got {raw!r}"
+                                 ) from None
+        return cls(**values, **given)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy import text
@@ -53,6 +53,13 @@ class Respirate:
     url: URL
     settings: Settings
     metrics_port: int | None = None
+    handle_signals: bool = True
+    dispatcher: Dispatcher | None = field(default=None, init=False)
+    membership: Membership | None = field(default=None, init=False)
+
+    def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
 
     async def serve(self) -> int:
         await _check_database(self.url)
@@ -72,9 +79,11 @@ class Respirate:
             member_stale=self.settings.member_stale, holder_stale=self.settings.holder_stale)
         dispatcher = Dispatcher(engine, self.settings, process_id, membership, metrics, watchdog)
         wake_target.append(dispatcher)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, dispatcher.stop)
+        self.dispatcher, self.membership = dispatcher, membership
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, dispatcher.stop)
         watchdog.start()
         log.info("respirate started", process=ubid.to_ubid(process_id),
                  partition=self.settings.partition, workers=self.settings.workers)

@@ -6,7 +6,10 @@ import asyncio
 import os
 import random
 import sys
+import time
 from typing import Any
+
+from sqlalchemy import text
 
 from lib.log import get_logger
 from model import semaphore
@@ -267,6 +270,43 @@ class Test(Prog):
     async def destroy(self) -> None:
         self.pop("destroyed")
 
+    # -- respirate: many strands through the daemon ----------------------------------------
+
+    @label
+    async def hopper(self) -> None:
+        """A no-op prog: hop to itself `hops` times (default 10), then exit."""
+        done = int(self.frame.get("n", 0)) + 1
+        if done >= int(self.frame.get("hops", 10)):
+            self.pop({"hops": done})
+        self.frame_set("n", done)
+        self.hop(self.hopper)
+
+    @label
+    async def counted_hopper(self) -> None:
+        """Like hopper, but every step records itself in `test_step_log` (a table the tests
+        create), in the step's transaction: a step committed twice shows as a duplicate row."""
+        done = int(self.frame.get("n", 0)) + 1
+        await self.connection.execute(
+            text("INSERT INTO test_step_log (strand_id, step) VALUES (:id, :step)"),
+            {"id": self.strand_id, "step": done})
+        if done >= int(self.frame.get("hops", 10)):
+            self.pop({"hops": done})
+        self.frame_set("n", done)
+        self.nap(float(self.frame.get("nap", 0)))
+
+    @label
+    async def loop_blocker(self) -> None:
+        """Blocks the event loop itself: only a watchdog thread can notice."""
+        time.sleep(float(self.frame.get("seconds", 30)))  # noqa: ASYNC251 - on purpose
+        self.nap(60)
+
+    @label
+    async def spinner(self) -> None:
+        """Runs forever in zero naps: a run only ends at its budget or at shutdown."""
+        self.frame_set("spins", int(self.frame.get("spins", 0)) + 1)
+        await asyncio.sleep(0.01)
+        self.nap(0)
+
     # -- smoke: many strands through the daemon (respirate) --------------------------------
 
     async def _smoke(self, digit: int) -> None:
@@ -274,7 +314,7 @@ class Test(Prog):
             await self.decr("test_semaphore")
             self.hop(getattr(self, f"smoke_test_{digit - 1}"))
         await self.incr("test_semaphore")
-        sys.stdout.write(str(digit))
+        sys.stdout.write(f"{digit} {self.strand_id}\n")
         sys.stdout.flush()
         os.urandom(64)
         self.nap(random.random())
