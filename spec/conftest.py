@@ -50,7 +50,8 @@ async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     if "engine" in request.fixturenames:
         engine: AsyncEngine = request.getfixturevalue("engine")
         async with engine.begin() as connection:
-            await connection.execute(text("TRUNCATE strand, semaphore, page, respirate_process CASCADE"))
+            await connection.execute(
+                text("TRUNCATE strand, semaphore, page, respirate_process CASCADE"))
 
 
 @pytest.fixture

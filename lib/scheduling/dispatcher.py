@@ -14,11 +14,12 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lib import db, ubid
@@ -120,10 +121,10 @@ class Dispatcher:
     async def scan_loop(self) -> None:
         while not self.stopping:
             try:
-                async with self.engine.connect() as connection:
-                    if self._orphans:
-                        await self._release_orphans(connection)
+                async with self._connect("scan") as connection:
                     while not self.stopping:
+                        if self._orphans:  # set by us or by a worker that lost its connection
+                            await self._release_orphans(connection)
                         await self._scan_once(connection)
             except Exception as error:
                 if not db.is_disconnect(error):
@@ -132,6 +133,15 @@ class Dispatcher:
                 log.warning("respirate scan connection lost", error=str(error))
                 self._orphans = True
                 await self._pause(1 + random.random())
+
+    @contextlib.asynccontextmanager
+    async def _connect(self, role: str) -> AsyncIterator[AsyncConnection]:
+        """A connection named for pg_stat_activity: respirate/<process>/<role>."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT set_config('application_name', :name, false)"),
+                                     {"name": f"respirate/{ubid.to_ubid(self.id)}/{role}"})
+            await connection.commit()
+            yield connection
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -192,10 +202,10 @@ class Dispatcher:
         self.metrics.queue_depth.set(self.queue.qsize())
 
     async def _release_orphans(self, connection: AsyncConnection) -> None:
+        self._orphans = False  # before the query: a flag raised meanwhile is kept
         async with connection.begin():
             released = await connection.execute(lease.RELEASE_ORPHANS, {
                 "holder": self.id, "running": list(self.held)})
-        self._orphans = False
         if released.rowcount:
             log.info("respirate released orphaned leases", count=released.rowcount)
 
@@ -204,7 +214,7 @@ class Dispatcher:
     async def worker(self, index: int) -> None:
         while True:
             try:
-                async with self.engine.connect() as connection:
+                async with self._connect(f"worker-{index}") as connection:
                     runner = StrandRunner(connection, holder=self.id,
                                           lease_seconds=self.settings.lease_seconds,
                                           jitter=self.settings.jitter, may_step=self.may_step)

@@ -136,7 +136,7 @@ class Membership:
 
     async def _session(self) -> None:
         connection = await asyncpg.connect(self.dsn, server_settings={
-            "application_name": f"respirate/{ubid.to_ubid(self.id)}"})
+            "application_name": f"respirate/{ubid.to_ubid(self.id)}/membership"})
         self._connection = connection
         try:
             await connection.add_listener(DUE_CHANNEL, self._notified)

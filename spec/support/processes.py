@@ -61,12 +61,12 @@ class RespirateProcess:
             self.process.wait()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60,
+async def eventually(check: Callable[[], Awaitable[bool]], limit: float = 60,
                      what: str = "condition") -> None:
-    """Poll `check` until it holds; fail naming `what` when `timeout` passes first. The timeout
+    """Poll `check` until it holds; fail naming `what` when `limit` seconds pass first. The limit
     only bounds a hang; it is not a speed assertion."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
+            raise AssertionError(f"{what} did not happen within {limit} s")
         await asyncio.sleep(0.1)

@@ -64,7 +64,7 @@ async def test_runs_every_due_strand_to_completion_and_exits_cleanly(
 async def test_a_new_strand_wakes_an_idle_respirate_through_notify(
         engine: AsyncEngine, start_respirate: Callable[..., Any]) -> None:
     """max_sleep is an hour: only the NOTIFY of the insert can get the strand run."""
-    respirate, _ = await start_respirate(max_sleep=3600)
+    await start_respirate(max_sleep=3600)
     await asyncio.sleep(0.5)  # let the scan loop go to sleep
     strand_id = await strands.create(engine, "hop_entry")
 
@@ -189,3 +189,28 @@ def test_settings_come_from_arguments_then_environment() -> None:
     assert (settings.workers, settings.holder_stale, settings.jitter) == (2, 3.0, False)
     with pytest.raises(ValueError, match="RESPIRATE_MAX_SLEEP must be a number"):
         Settings.from_env({"RESPIRATE_MAX_SLEEP": "soon"})
+
+
+async def test_workers_that_lose_their_connection_hand_their_strands_back(
+        engine: AsyncEngine, start_respirate: Callable[..., Any]) -> None:
+    """The workers' connections are cut mid-run while the scan loop's survives: the scan loop
+    must still hand their strands back (not leave them leased for the lease's 120 s)."""
+    ids = [await strands.create(engine, "spinner") for _ in range(4)]
+    await start_respirate(workers=4)
+
+    async def all_claimed() -> bool:
+        return await count(engine, "SELECT count(*) FROM strand WHERE lease_holder IS NOT NULL"
+                           ) == 4
+
+    await eventually(all_claimed, 20, "the spinners being claimed")
+    # Runs keep their label in memory: relabel first, so that every run after the cut
+    # (which reloads the row) finishes.
+    await strands.execute(engine, "UPDATE strand SET label = 'popper' WHERE id = ANY(:ids)",
+                          ids=ids)
+    await strands.execute(engine, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name LIKE 'respirate/%/worker-%'")
+
+    async def all_finished() -> bool:
+        return await count(engine) == 0
+
+    await eventually(all_finished, 30, "every strand finishing after the cut")
