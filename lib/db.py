@@ -37,8 +37,11 @@ _DISCONNECTS = (
 )
 
 
-def is_disconnect(error: BaseException) -> bool:
-    """True when `error` means the connection to the server is gone (not a query failure)."""
+def is_disconnect(error: BaseException, raw: asyncpg.Connection | None = None) -> bool:
+    """True when `error` means the connection to the server is gone (not a query failure);
+    `raw`, the asyncpg connection the error came from, settles doubtful cases."""
+    if raw is not None and raw.is_closed():
+        return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     # SQLAlchemy wraps its own adapter exception, which wraps asyncpg's: walk the chain.

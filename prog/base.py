@@ -92,6 +92,9 @@ class Prog:
         super().__init_subclass__(**kwargs)
         cls.labels = frozenset(name for name in dir(cls)
                                if getattr(getattr(cls, name), "__prog_label__", False))
+        shadowing = sorted(cls.labels & set(dir(Prog)))
+        if shadowing:
+            raise EngineBug(f"BUG: labels of {cls.__name__} shadow Prog methods: {shadowing}")
         names = set(cls.semaphores)
         if "destroy" in names:
             names.add("destroying")

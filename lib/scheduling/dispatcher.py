@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -30,6 +31,7 @@ from lib.scheduling.membership import MAX_UUID, Membership
 from lib.scheduling.metrics import RespirateMetrics
 from lib.scheduling.runner import StrandRunner
 from lib.scheduling.state import StrandState
+from lib.scheduling.transaction import Transactions
 from lib.scheduling.watchdog import Watchdog
 
 log = get_logger(__name__)
@@ -120,14 +122,16 @@ class Dispatcher:
 
     async def scan_loop(self) -> None:
         while not self.stopping:
+            raw: asyncpg.Connection | None = None
             try:
                 async with self._connect("scan") as connection:
+                    raw = (await Transactions.of(connection)).raw
                     while not self.stopping:
                         if self._orphans:  # set by us or by a worker that lost its connection
-                            await self._release_orphans(connection)
-                        await self._scan_once(connection)
+                            await self._release_orphans(raw)
+                        await self._scan_once(raw)
             except Exception as error:
-                if not db.is_disconnect(error):
+                if not db.is_disconnect(error, raw):
                     log.exception("unexpected respirate scan error")
                     raise
                 log.warning("respirate scan connection lost", error=str(error))
@@ -160,7 +164,7 @@ class Dispatcher:
             return uuid.UUID(int=0), MAX_UUID  # somebody's range is not being served
         return view.low, view.high
 
-    async def _scan_once(self, connection: AsyncConnection) -> None:
+    async def _scan_once(self, raw: asyncpg.Connection) -> None:
         free = self.capacity - len(self.held)
         if free <= 0 or not self.may_step():
             self._wake.clear()
@@ -169,19 +173,14 @@ class Dispatcher:
         self._wake.clear()  # before the query: a notification during it wakes the next sleep
         low, high = self._range()
         started = time.monotonic()
-        async with connection.begin():
-            rows = list(await connection.execute(lease.CLAIM, {
-                "low": low, "high": high, "gone": self.membership.view.gone, "limit": free,
-                "lease_seconds": self.settings.lease_seconds, "holder": self.id,
-                "jitter": self.settings.jitter}))
+        rows = await raw.fetch(lease.CLAIM, low, high, self.membership.view.gone, free,
+                               self.settings.lease_seconds, self.id, self.settings.jitter)
         statement = time.monotonic() - started
         if rows:
             self._enqueue(rows, statement)
         if len(rows) == free:
             return  # maybe more is due; the next round waits for a free slot
-        async with connection.begin():
-            self._next_due = (await connection.execute(
-                lease.NEXT_DUE, {"low": low, "high": high})).scalar_one_or_none()
+        self._next_due = await raw.fetchval(lease.NEXT_DUE, low, high)
         await self._sleep(self._seconds_until(self._next_due))
 
     def _seconds_until(self, when: datetime | None) -> float:
@@ -190,39 +189,40 @@ class Dispatcher:
         seconds = (when - datetime.now(UTC)).total_seconds()
         return min(max(seconds, 0.0), self.settings.max_sleep)
 
-    def _enqueue(self, rows: list[Any], statement: float) -> None:
+    def _enqueue(self, rows: list[asyncpg.Record], statement: float) -> None:
         now = time.monotonic()
-        rows.sort(key=lambda row: row.due_at)
-        for row in rows:
-            state = StrandState.from_row(row, self.id)
+        for row in sorted(rows, key=lambda row: row["due_at"]):
+            state = lease.state_of(row, self.id)
             self.held.add(state.id)
-            self.queue.put_nowait(Claimed(state, row.due_at, now))
-        self.metrics.claimed(len(rows), sum(1 for row in rows if row.reclaimed), statement,
-                             [(row.claimed_at - row.due_at).total_seconds() for row in rows])
+            self.queue.put_nowait(Claimed(state, row["due_at"], now))
+        self.metrics.claimed(len(rows), sum(1 for row in rows if row["reclaimed"]), statement,
+                             [(row["claimed_at"] - row["due_at"]).total_seconds()
+                              for row in rows])
         self.metrics.queue_depth.set(self.queue.qsize())
 
-    async def _release_orphans(self, connection: AsyncConnection) -> None:
+    async def _release_orphans(self, raw: asyncpg.Connection) -> None:
         self._orphans = False  # before the query: a flag raised meanwhile is kept
-        async with connection.begin():
-            released = await connection.execute(lease.RELEASE_ORPHANS, {
-                "holder": self.id, "running": list(self.held)})
-        if released.rowcount:
-            log.info("respirate released orphaned leases", count=released.rowcount)
+        status = await raw.execute(lease.RELEASE_ORPHANS, self.id, list(self.held))
+        count = int(status.split()[-1])
+        if count:
+            log.info("respirate released orphaned leases", count=count)
 
     # -- workers -----------------------------------------------------------------------------
 
     async def worker(self, index: int) -> None:
         while True:
+            raw: asyncpg.Connection | None = None
             try:
                 async with self._connect(f"worker-{index}") as connection:
                     runner = StrandRunner(connection, holder=self.id,
                                           lease_seconds=self.settings.lease_seconds,
                                           jitter=self.settings.jitter, may_step=self.may_step)
+                    raw = (await runner.transactions()).raw
                     while (claimed := await self.queue.get()) is not None:
                         await self._run(runner, claimed)
                     return
             except Exception as error:
-                if not db.is_disconnect(error):
+                if not db.is_disconnect(error, raw):
                     log.exception("unexpected respirate worker error", worker=index)
                     raise
                 log.warning("respirate worker connection lost", worker=index, error=str(error))
@@ -249,7 +249,7 @@ class Dispatcher:
             lost = True
             log.error("lease violated", strand=ubid.to_ubid(state.id))
         except Exception as error:
-            if db.is_disconnect(error):
+            if db.is_disconnect(error, (await runner.transactions()).raw):
                 raise
             log.exception("unusual exception terminates strand run",
                           strand=ubid.to_ubid(state.id), prog_label=f"{state.prog}.{state.label}")
@@ -279,8 +279,9 @@ class Dispatcher:
                 waiting.append(item.state)
         if not waiting:
             return
-        async with self.engine.begin() as connection:
+        async with self.engine.connect() as connection:
+            raw = (await Transactions.of(connection)).raw
             for state in waiting:
-                await connection.execute(lease.RELEASE, lease.fence(state))
+                await raw.execute(lease.RELEASE, *lease.fence(state))
                 self.held.discard(state.id)
         log.info("respirate released queued strands", count=len(waiting))

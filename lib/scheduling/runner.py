@@ -19,6 +19,7 @@ from lib.scheduling import lease
 from lib.scheduling.flow import ChildFailed, LeaseLost, MalformedStrand, Outcome, StrandFailed
 from lib.scheduling.state import StrandState
 from lib.scheduling.step import run_step
+from lib.scheduling.transaction import Transactions
 
 log = get_logger(__name__)
 
@@ -27,7 +28,7 @@ RUN_BUDGET_SECONDS = 30.0
 
 
 class StrandRunner:
-    """Runs strands on one connection, as one lease holder."""
+    """Runs strands on one connection (put in autocommit mode), as one lease holder."""
 
     def __init__(self, connection: AsyncConnection, *, holder: uuid.UUID | None = None,
                  lease_seconds: float = LEASE_SECONDS, jitter: bool = True,
@@ -39,9 +40,16 @@ class StrandRunner:
         # Asked before every step: False (shutting down, heartbeat failing) ends the run.
         self.may_step = may_step
         self.steps = 0  # steps committed by this runner
+        self._transactions: Transactions | None = None
+
+    async def transactions(self) -> Transactions:
+        if self._transactions is None:
+            self._transactions = await Transactions.of(self.connection)
+        return self._transactions
 
     async def take(self, strand_id: uuid.UUID) -> StrandState | None:
-        return await lease.take(self.connection, strand_id, self.holder,
+        tx = await self.transactions()
+        return await lease.take(tx.raw, strand_id, self.holder,
                                 lease_seconds=self.lease_seconds, jitter=self.jitter)
 
     async def run(self, strand_id: uuid.UUID,
@@ -56,33 +64,34 @@ class StrandRunner:
                          budget: float = RUN_BUDGET_SECONDS) -> Outcome | None:
         """Run steps of a strand whose lease we hold. Raises StrandFailed after a failed step;
         None when `may_step` stopped the run before any outcome."""
+        tx = await self.transactions()
+        nested = tx.open  # a parent is donating this step from inside its own transaction
         final_after = time.monotonic() + budget
         outcome: Outcome | None = None
         while True:
             if self.may_step is not None and not self.may_step():
-                async with lease.atomic(self.connection):
-                    await self.connection.execute(lease.RELEASE, lease.fence(state))
+                await tx.raw.execute(lease.RELEASE, *lease.fence(state))
                 return outcome
             try:
-                result = await run_step(self.connection, state, self, final_after=final_after)
+                result = await run_step(tx, state, self, final_after=final_after)
             except (LeaseLost, StrandFailed):
                 raise
             except Exception as error:
-                if db.is_disconnect(error):
+                if db.is_disconnect(error, tx.raw):
                     raise  # the lease is reclaimed once our holder is judged gone
-                await self._fail(state, error)
+                await self._fail(tx, state, error)
                 raise StrandFailed(state.id, error) from error
             outcome = result.outcome
             self.steps += 1
             if not result.released:
                 continue
-            if isinstance(result.outcome, ChildFailed):
-                raise result.outcome.error
-            if state.parent_id is not None and not self.connection.in_transaction():
-                await self._wake_parent(state.parent_id)
-            return result.outcome
+            if isinstance(outcome, ChildFailed):
+                raise outcome.error
+            if state.parent_id is not None and not nested:
+                await tx.raw.execute(lease.WAKE_PARENT, state.parent_id)
+            return outcome
 
-    async def _fail(self, state: StrandState, error: Exception) -> None:
+    async def _fail(self, tx: Transactions, state: StrandState, error: Exception) -> None:
         reason = f"{type(error).__name__}: {error}"
         fields = {"strand": ubid.to_ubid(state.id), "prog_label": f"{state.prog}.{state.label}",
                   "try_": state.try_, "error": reason}
@@ -90,12 +99,7 @@ class StrandRunner:
             log.error("strand failed", **fields)
         else:
             log.error("strand failed", **fields, exc_info=error)
-        async with lease.atomic(self.connection):
-            released = await self.connection.execute(
-                lease.RELEASE_AFTER_FAILURE, {**lease.fence(state), "error": reason[:4000]})
-        if released.rowcount != 1:
+        released = await tx.raw.execute(lease.RELEASE_AFTER_FAILURE, *lease.fence(state),
+                                        reason[:4000])
+        if released != "UPDATE 1":
             log.error("lease violated", strand=ubid.to_ubid(state.id))
-
-    async def _wake_parent(self, parent_id: uuid.UUID) -> None:
-        async with lease.atomic(self.connection):
-            await self.connection.execute(lease.WAKE_PARENT, {"parent_id": parent_id})

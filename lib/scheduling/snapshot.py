@@ -10,23 +10,24 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lib import ubid
 from model import semaphore
 
-_LOAD = text("SELECT id, name FROM semaphore WHERE strand_id = :strand_id ORDER BY id")
-_DELETE = text(
-    "DELETE FROM semaphore WHERE strand_id = :strand_id AND id = ANY(:ids)"
-).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
+_LOAD = "SELECT id, name FROM semaphore WHERE strand_id = $1 ORDER BY id"
+_DELETE = "DELETE FROM semaphore WHERE strand_id = $1 AND id = ANY($2::uuid[])"
 
 
 class SemaphoreSnapshot:
-    def __init__(self, connection: AsyncConnection, strand_id: uuid.UUID, *,
-                 deferred: bool = True) -> None:
+    """Reads and deletes through asyncpg (`raw`); signals through SQLAlchemy (`connection`),
+    which opens the step's deferred transaction."""
+
+    def __init__(self, connection: AsyncConnection, raw: asyncpg.Connection,
+                 strand_id: uuid.UUID, *, deferred: bool = True) -> None:
         self._connection = connection
+        self._raw = raw
         self._strand_id = strand_id
         self._deferred = deferred
         self._ids: dict[str, list[uuid.UUID]] = {}
@@ -34,8 +35,8 @@ class SemaphoreSnapshot:
 
     async def load(self) -> SemaphoreSnapshot:
         self._ids = {}
-        for row in await self._connection.execute(_LOAD, {"strand_id": self._strand_id}):
-            self._ids.setdefault(row.name, []).append(row.id)
+        for row in await self._raw.fetch(_LOAD, self._strand_id):
+            self._ids.setdefault(row["name"], []).append(row["id"])
         return self
 
     def is_set(self, name: str) -> bool:
@@ -62,6 +63,10 @@ class SemaphoreSnapshot:
         else:
             await self._delete(ids)
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
     async def flush(self) -> None:
         """Issue the deferred deletes."""
         if self._pending:
@@ -69,4 +74,4 @@ class SemaphoreSnapshot:
             await self._delete(ids)
 
     async def _delete(self, ids: list[uuid.UUID]) -> None:
-        await self._connection.execute(_DELETE, {"strand_id": self._strand_id, "ids": ids})
+        await self._raw.execute(_DELETE, self._strand_id, ids)

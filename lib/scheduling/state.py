@@ -23,11 +23,5 @@ class StrandState:
     holder: uuid.UUID
     stack_modified: bool = field(default=False)
 
-    @classmethod
-    def from_row(cls, row: Any, holder: uuid.UUID) -> StrandState:
-        return cls(id=row.id, parent_id=row.parent_id, prog=row.prog, label=row.label,
-                   stack=row.stack, retval=row.retval, schedule=row.schedule, lease=row.lease,
-                   try_=row.try_, holder=holder)
-
     def copy_stack(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.stack)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from lib.scheduling.flow import (
 )
 from lib.scheduling.snapshot import SemaphoreSnapshot
 from lib.scheduling.state import StrandState
+from lib.scheduling.transaction import Transactions
 from model import page
 
 if TYPE_CHECKING:
@@ -74,8 +75,7 @@ def _prog_class(state: StrandState) -> Any:
     return cls
 
 
-async def _settle_deadlines(connection: AsyncConnection, state: StrandState,
-                            started: datetime) -> None:
+async def _settle_deadlines(tx: Transactions, state: StrandState, started: datetime) -> None:
     """Resolve a reached target's page and page expired deadlines, in a commit of their own,
     so that a strand whose label keeps failing still pages."""
     target = deadlines.reached(state.stack, state.label)
@@ -83,9 +83,10 @@ async def _settle_deadlines(connection: AsyncConnection, state: StrandState,
     if target is None and not overdue:
         return
     stack = state.copy_stack()
-    async with lease.atomic(connection):
+    async with tx.atomic():
         if target is not None:
-            await page.request_resolve(connection, deadlines.page_tag(state.id, state.prog, target))
+            await page.request_resolve(tx.connection,
+                                       deadlines.page_tag(state.id, state.prog, target))
             for key in deadlines.KEYS:
                 stack[0].pop(key, None)
         for item in overdue:
@@ -96,17 +97,16 @@ async def _settle_deadlines(connection: AsyncConnection, state: StrandState,
                     "strand": ubid.to_ubid(state.id), "prog": item.prog, "label": state.label,
                     "deadline_target": item.target})
             else:
-                await page.assemble(connection, summary,
+                await page.assemble(tx.connection, summary,
                                     deadlines.page_tag(state.id, item.prog, item.target),
                                     related_resources=[ubid.to_ubid(state.id)])
             frame["deadline_notified"] = True
-        if (await connection.execute(lease.SAVE_STACK, {**lease.fence(state), "stack": stack})
-                ).one_or_none() is None:
+        if await tx.raw.fetchrow(lease.SAVE_STACK, *lease.fence(state), json.dumps(stack)) is None:
             raise LeaseLost(state.id)
     state.stack = stack
 
 
-async def run_step(connection: AsyncConnection, state: StrandState, runner: StrandRunner, *,
+async def run_step(tx: Transactions, state: StrandState, runner: StrandRunner, *,
                    final_after: float) -> StepResult:
     """Run the current label; commit its writes with its outcome; release the lease in the same
     commit when the run ends here (non-zero nap, exit, or `final_after` on the monotonic clock
@@ -115,29 +115,32 @@ async def run_step(connection: AsyncConnection, state: StrandState, runner: Stra
     clock = time.monotonic()
     _check_stack(state)
     cls = _prog_class(state)
-    await _settle_deadlines(connection, state, started)
+    await _settle_deadlines(tx, state, started)
     if "last_label_changed_at" not in state.stack[0]:
         state.stack[0]["last_label_changed_at"] = timefmt.write(started)
     try:
-        async with lease.atomic(connection):
-            snapshot = SemaphoreSnapshot(connection, state.id)
+        async with tx.atomic(deferred=True):
+            snapshot = SemaphoreSnapshot(tx.connection, tx.raw, state.id)
             if cls.semaphore_names:
                 await snapshot.load()
-            context = StepContext(connection, state, snapshot, runner, started)
+            context = StepContext(tx.connection, state, snapshot, runner, started)
             outcome = await _run_label(cls(context), state)
+            if snapshot.pending or context.pages_to_resolve:
+                await tx.ensure()  # more than one statement to commit: all in the transaction
             await snapshot.flush()
             for prog, target in context.pages_to_resolve:
-                await page.request_resolve(connection, deadlines.page_tag(state.id, prog, target))
+                await page.request_resolve(tx.connection,
+                                           deadlines.page_tag(state.id, prog, target))
             final = (isinstance(outcome, Exit)
                      or (isinstance(outcome, Nap) and outcome.seconds != 0)
                      or time.monotonic() >= final_after)
-            await _apply(connection, state, outcome, final=final)
+            await _apply(tx, state, outcome, final=final)
     finally:
         duration = time.monotonic() - clock
         if duration > SLOW_STEP_SECONDS:
             log.info("finished strand", strand=ubid.to_ubid(state.id), try_=state.try_,
                      duration=round(duration, 3), prog_label=f"{state.prog}.{state.label}")
-    _log_outcome(state, outcome, started)
+    _log_outcome(state, outcome)
     return StepResult(outcome, final)
 
 
@@ -153,24 +156,24 @@ async def _run_label(prog: Any, state: StrandState) -> Outcome:
     raise EngineBug(f"BUG: Prog {state.prog}#{state.label} did not provide flow control")
 
 
-async def _apply(connection: AsyncConnection, state: StrandState, outcome: Outcome, *,
+async def _apply(tx: Transactions, state: StrandState, outcome: Outcome, *,
                  final: bool) -> None:
     fence = lease.fence(state)
+    raw = tx.raw
     if isinstance(outcome, Hop):
-        row = (await connection.execute(lease.SAVE_HOP, {
-            **fence, "prog": outcome.prog, "label": outcome.label, "stack": outcome.stack,
-            "retval": outcome.retval, "final": final})).one_or_none()
+        row = await raw.fetchrow(lease.SAVE_HOP, *fence, outcome.prog, outcome.label,
+                                 json.dumps(outcome.stack), _json(outcome.retval), final)
     elif isinstance(outcome, Nap):
         seconds = deadlines.clamp_nap(state.stack, outcome.seconds, timefmt.now())
-        row = (await connection.execute(lease.SAVE_NAP, {
-            **fence, "stack": state.stack, "key": state.schedule, "seconds": seconds,
-            "final": final})).one_or_none()
+        row = await raw.fetchrow(lease.SAVE_NAP, *fence, json.dumps(state.stack),
+                                 state.schedule, seconds, final)
     elif isinstance(outcome, Exit) and state.parent_id is not None:
-        row = (await connection.execute(lease.SAVE_EXIT, {
-            **fence, "stack": state.stack, "exitval": outcome.value})).one_or_none()
+        row = await raw.fetchrow(lease.SAVE_EXIT, *fence, json.dumps(outcome.value),
+                                 json.dumps(state.stack))
     elif isinstance(outcome, Exit):
-        await connection.execute(lease.DELETE_SEMAPHORES, {"id": state.id})
-        row = (await connection.execute(lease.DELETE_STRAND, fence)).one_or_none()
+        await tx.ensure()
+        await raw.execute(lease.DELETE_SEMAPHORES, state.id)
+        row = await raw.fetchrow(lease.DELETE_STRAND, *fence)
     else:
         raise EngineBug(f"BUG: unknown outcome {outcome!r}")
     if row is None:
@@ -179,19 +182,19 @@ async def _apply(connection: AsyncConnection, state: StrandState, outcome: Outco
         state.prog, state.label, state.stack = outcome.prog, outcome.label, outcome.stack
         state.retval = outcome.retval
     if isinstance(outcome, Nap):
-        state.schedule = row.schedule  # the key of the next nap in this run
+        state.schedule = row["schedule"]  # the key of the next nap in this run
     state.try_ = 0
 
 
-def _log_outcome(state: StrandState, outcome: Outcome, started: datetime) -> None:
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _log_outcome(state: StrandState, outcome: Outcome) -> None:
     if isinstance(outcome, Hop):  # debug: at thousands of hops a second, info would drown
         log.debug("hopped", strand=ubid.to_ubid(state.id),
-                 from_=f"{outcome.from_prog}.{outcome.from_label}",
-                 to=f"{outcome.prog}.{outcome.label}")
+                  from_=f"{outcome.from_prog}.{outcome.from_label}",
+                  to=f"{outcome.prog}.{outcome.label}")
     elif isinstance(outcome, Exit):
         log.info("exited", strand=ubid.to_ubid(state.id),
                  from_=f"{outcome.prog}.{outcome.label}", exitval=outcome.value)
-
-
-def strand_ubid(strand_id: uuid.UUID) -> str:
-    return ubid.to_ubid(strand_id)

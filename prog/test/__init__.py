@@ -295,6 +295,16 @@ class Test(Prog):
         self.nap(float(self.frame.get("nap", 0)))
 
     @label
+    async def paced_napper(self) -> None:
+        """Naps between `low` and `high` s forever, printing how late each step started."""
+        now = time.time()
+        if "due" in self.frame:
+            sys.stdout.write(f"late {now - float(self.frame['due']):.6f}\n")
+        seconds = random.uniform(float(self.frame["low"]), float(self.frame["high"]))
+        self.frame_set("due", now + seconds)
+        self.nap(seconds)
+
+    @label
     async def loop_blocker(self) -> None:
         """Blocks the event loop itself: only a watchdog thread can notice."""
         time.sleep(float(self.frame.get("seconds", 30)))  # noqa: ASYNC251 - on purpose

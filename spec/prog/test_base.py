@@ -355,3 +355,13 @@ async def test_destroy_unwinds_pushed_frames(engine: AsyncEngine, runner: Strand
     assert isinstance(outcome, Hop) and outcome.label == "pusher1"
     assert outcome.retval == {
         "msg": "operation is cancelled due to explicitly requested destruction"}
+
+
+def test_a_label_may_not_shadow_a_prog_method() -> None:
+    from prog.base import Prog, label
+
+    with pytest.raises(EngineBug, match=r"shadow Prog methods: \['hop'\]"):
+        class Shadowing(Prog):
+            @label
+            async def hop(self) -> None:  # type: ignore[override]
+                self.nap(1)

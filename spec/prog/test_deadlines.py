@@ -27,7 +27,7 @@ def prog_with(frame: dict[str, Any]) -> Test:
                         label="napper", stack=[frame], retval=None, schedule=now, lease=now,
                         try_=1, holder=uuid.uuid4())
     context = StepContext(connection=None, strand=state,  # type: ignore[arg-type]
-                          snapshot=SemaphoreSnapshot(None, state.id),  # type: ignore[arg-type]
+                          snapshot=SemaphoreSnapshot(None, None, state.id),  # type: ignore[arg-type]
                           runner=None, started=now)  # type: ignore[arg-type]
     return Test(context)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -256,8 +257,10 @@ async def test_last_error_is_cleared_by_the_next_good_step(engine: AsyncEngine,
 
 async def test_connection_for_steps_is_left_without_an_open_transaction(
         engine: AsyncEngine, runner: StrandRunner) -> None:
-    strand_id = await strands.create(engine, "napper")
-    await runner.run(strand_id)
-    assert not runner.connection.in_transaction()
+    for label in ("napper", "failer", "budder", "hop_entry"):
+        strand_id = await strands.create(engine, label)
+        with contextlib.suppress(StrandFailed):
+            await runner.run(strand_id)
+        raw = (await runner.transactions()).raw
+        assert not raw.is_in_transaction() and not (await runner.transactions()).open
     assert (await runner.connection.execute(text("SELECT 1"))).scalar() == 1
-    await runner.connection.rollback()
