@@ -20,8 +20,6 @@ class Strand(Base):
         # The dispatcher's scan: due, unexited strands in schedule order.
         Index("strand_due_index", "schedule", postgresql_where=text("exitval IS NULL")),
         Index("strand_parent_id_index", "parent_id"),
-        Index("strand_lease_holder_index", "lease_holder",
-              postgresql_where=text("lease_holder IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

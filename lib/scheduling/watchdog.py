@@ -8,11 +8,11 @@ every thread and asyncio task to stderr and exits with status 2, without cleanup
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TextIO
 
@@ -22,8 +22,10 @@ EXIT_STATUS = 2
 def dump(loop: asyncio.AbstractEventLoop | None, reason: str, out: TextIO) -> None:
     out.write(f"--BEGIN THREAD DUMP, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: "
               f"{reason}\n")
-    out.flush()
-    faulthandler.dump_traceback(file=out, all_threads=True)
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        out.write(f"thread {names.get(ident, ident)}:\n")
+        out.write("".join(traceback.format_stack(frame)))
     if loop is not None:
         for _ in range(3):  # the loop's task set may change under us: try again
             try:
@@ -99,6 +101,8 @@ class Watchdog:
             reason = self.check()
             if reason is not None:
                 self.fired = reason
-                dump(self._loop, reason, self.out)
-                self._exit(EXIT_STATUS)
+                try:
+                    dump(self._loop, reason, self.out)
+                finally:  # a failed dump must not keep the process alive
+                    self._exit(EXIT_STATUS)
                 return

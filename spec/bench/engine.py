@@ -117,8 +117,10 @@ async def run_hoppers(url: str, active: int, napping: int, workers: int) -> dict
 
 
 CEILING_STEP = """
-    UPDATE strand SET stack = jsonb_set(stack, '{0,n}', to_jsonb(COALESCE((stack->0->>'n')::int, 0) + 1)),
-           exitval = CASE WHEN COALESCE((stack->0->>'n')::int, 0) + 1 >= $1 THEN '{}'::jsonb END,
+    UPDATE strand
+       SET stack = jsonb_set(stack, '{0,n}', to_jsonb(COALESCE((stack->0->>'n')::int, 0) + 1)),
+           exitval = CASE WHEN COALESCE((stack->0->>'n')::int, 0) + 1 >= $1
+                          THEN '{}'::jsonb END,
            try = 0
      WHERE id = (SELECT id FROM strand WHERE exitval IS NULL AND schedule < now()
                   AND lease < now() ORDER BY schedule LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED)
@@ -184,7 +186,8 @@ async def lateness(report: Report, workers: int, seconds: float = 30.0) -> None:
         connection = await asyncpg.connect(dsn(url))
         process = RespirateProcess(url, LOG_DIR, "--workers", str(workers))
         await started(process)
-        await seed(connection, round(rate * mean_nap), "paced_napper", {"low": 0.05, "high": 0.25})
+        await seed(connection, round(rate * mean_nap), "paced_napper",
+                   {"low": 0.05, "high": 0.25})
         await asyncio.sleep(seconds)
         stop(process)
         await connection.close()
@@ -199,12 +202,13 @@ async def lateness(report: Report, workers: int, seconds: float = 30.0) -> None:
     report.add("engine.lateness_p99", cuts[98], "ms")
 
 
-# -- idle -------------------------------------------------------------------------------------------
+# -- idle ---------------------------------------------------------------------------
 
 async def idle(report: Report, seconds: float = 60.0) -> None:
     with fresh_database() as url:
         connection = await asyncpg.connect(dsn(url))
         await seed(connection, 10_000, "napper", {}, "now() + interval '1 hour'")
+        await connection.execute("VACUUM ANALYZE strand")  # no autovacuum inside the window
         process = RespirateProcess(url, LOG_DIR)
         await started(process)
         await asyncio.sleep(3)
@@ -218,13 +222,14 @@ async def idle(report: Report, seconds: float = 60.0) -> None:
                f"10,000 strands napping, {seconds:.0f} s")
 
 
-# -- recovery ---------------------------------------------------------------------------------------
+# -- recovery -----------------------------------------------------------------------
 
 async def recovery(report: Report, workers: int) -> None:
     with fresh_database() as url:
         connection = await asyncpg.connect(dsn(url))
-        await connection.execute("CREATE TABLE test_step_log (strand_id uuid NOT NULL,"
-                                 " step integer NOT NULL, at timestamptz DEFAULT clock_timestamp())")
+        await connection.execute(
+            "CREATE TABLE test_step_log (strand_id uuid NOT NULL, step integer NOT NULL,"
+            " at timestamptz DEFAULT clock_timestamp())")
         await seed(connection, 400, "counted_hopper", {"hops": 100000, "nap": 0.2})
         victim = RespirateProcess(url, LOG_DIR, "--partition", "1", "--workers", str(workers))
         survivor = RespirateProcess(url, LOG_DIR, "--partition", "2", "--workers", str(workers))
@@ -252,7 +257,8 @@ async def recovery(report: Report, workers: int) -> None:
             "SELECT count(*) FROM (SELECT 1 FROM test_step_log GROUP BY strand_id, step"
             " HAVING count(*) > 1) d"))
         await connection.close()
-    report.add("engine.recovery", seconds, "s", f"{len(held)} strands held by the killed process")
+    report.add("engine.recovery", seconds, "s",
+               f"{len(held)} strands held by the killed process")
     report.add("engine.duplicate_steps", duplicates, "count")
 
 

@@ -275,3 +275,31 @@ def test_bad_arguments_give_one_clear_line_and_a_non_zero_exit(
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
 
 
+
+
+async def test_metrics_are_served_for_prometheus(engine: AsyncEngine,
+                                                 spawn: Callable[..., RespirateProcess]) -> None:
+    import urllib.request
+
+    port = free_port()
+    process = spawn("--metrics-port", str(port))
+    await seed(engine, 20, "hop_entry", {})
+
+    async def done() -> bool:
+        return await remaining(engine) == 0
+
+    await eventually(done, 30, "the strands finishing")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            return str(page.read().decode())
+
+    text = await asyncio.to_thread(scrape)
+    assert "respirate_steps_total 40.0" in text
+    for series in ("respirate_scan_delay_seconds_bucket", "respirate_queue_delay_seconds_bucket",
+                   "respirate_lease_delay_seconds_bucket", "respirate_total_delay_seconds_bucket",
+                   "respirate_queue_depth", "respirate_running_steps",
+                   "respirate_lease_acquisition_ratio", "respirate_leases_reclaimed_total"):
+        assert series in text
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0

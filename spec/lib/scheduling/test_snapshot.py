@@ -24,7 +24,8 @@ async def count(engine: AsyncEngine) -> int:
 async def test_deferred_decr_deletes_when_flushed_only_what_it_saw(engine: AsyncEngine) -> None:
     strand_id = await strands.create(engine, "napper")
     async with engine.connect() as connection:
-        snapshot = await SemaphoreSnapshot(connection, await raw(connection), strand_id).load()
+        snapshot = await SemaphoreSnapshot(
+            connection, await raw(connection), strand_id).load()
         assert await snapshot.incr("a") is not None
         await connection.commit()
         assert snapshot.is_set("a") and await count(engine) == 1
@@ -38,7 +39,8 @@ async def test_deferred_decr_deletes_when_flushed_only_what_it_saw(engine: Async
         await connection.commit()
     assert await count(engine) == 1
     async with engine.connect() as connection:
-        assert (await SemaphoreSnapshot(connection, await raw(connection), strand_id).load()).is_set("a")
+        again = await SemaphoreSnapshot(connection, await raw(connection), strand_id).load()
+        assert again.is_set("a")
 
 
 async def test_non_deferred_decr_deletes_at_once(engine: AsyncEngine) -> None:
@@ -46,7 +48,8 @@ async def test_non_deferred_decr_deletes_at_once(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await semaphore.incr(connection, strand_id, "a")
     async with engine.connect() as connection:
-        snapshot = await SemaphoreSnapshot(connection, await raw(connection), strand_id, deferred=False).load()
+        snapshot = await SemaphoreSnapshot(
+            connection, await raw(connection), strand_id, deferred=False).load()
         await snapshot.decr("a")
         await connection.commit()
     assert await count(engine) == 0
@@ -56,13 +59,15 @@ async def test_a_new_snapshot_sees_existing_rows(engine: AsyncEngine) -> None:
     strand_id = await strands.create(engine, "napper")
     async with engine.begin() as connection:
         await semaphore.incr(connection, strand_id, "a")
-        snapshot = await SemaphoreSnapshot(connection, await raw(connection), strand_id).load()
+        snapshot = await SemaphoreSnapshot(
+            connection, await raw(connection), strand_id).load()
     assert snapshot.is_set("a") and not snapshot.is_set("b")
 
 
 async def test_snapshot_incr_for_a_deleted_strand_returns_none(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
-        snapshot = SemaphoreSnapshot(connection, await raw(connection), ubid.generate(ubid.TYPE_STRAND))
+        snapshot = SemaphoreSnapshot(
+            connection, await raw(connection), ubid.generate(ubid.TYPE_STRAND))
         assert await snapshot.incr("a") is None
         assert not snapshot.is_set("a")
 
@@ -76,7 +81,8 @@ async def test_set_at_is_none_when_unset_and_the_earliest_otherwise(engine: Asyn
     await strands.execute(engine, "INSERT INTO semaphore (id, strand_id, name) VALUES"
                           " (:id, :strand_id, 'a')", id=backdated, strand_id=strand_id)
     async with engine.connect() as connection:
-        snapshot = await SemaphoreSnapshot(connection, await raw(connection), strand_id).load()
+        snapshot = await SemaphoreSnapshot(
+            connection, await raw(connection), strand_id).load()
     assert snapshot.set_at("b") is None
     set_at = snapshot.set_at("a")
     assert set_at == ubid.time_of(backdated)
