@@ -21,3 +21,6 @@ class RespirateProcess(Base):
     pid: Mapped[int]
     started_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    # The server process of its membership connection; gone from pg_stat_activity as soon as
+    # the respirate process dies.
+    backend_pid: Mapped[int | None]

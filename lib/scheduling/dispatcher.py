@@ -43,8 +43,8 @@ class Settings:
     partition: int | None = None
     run_budget: float = 30.0
     lease_seconds: float = 120.0
-    heartbeat_interval: float = 1.5
-    member_stale: float = 3.2  # no beat for this long: out of the partition split
+    heartbeat_interval: float = 2.0
+    member_stale: float = 5.0  # no beat this long (or its connection gone): out of the split
     holder_stale: float = 10.0  # no beat for this long: its leases are reclaimed
     fence_after: float = 7.0  # our own last beat this old: start no more steps
     overdue_after: float = 5.0  # a due strand this late anywhere: scan every range

@@ -4,9 +4,9 @@ Each process keeps one raw asyncpg connection that LISTENs (for due strands and 
 changes) and heartbeats. One heartbeat statement records our beat and returns every process
 row, from which we derive:
 
-- the live partitioned processes, ordered by (partition, start, id); the id space is split
-  evenly among them by rank, so a missing middle partition is covered at once (the reference
-  only notices a missing highest one);
+- the live partitioned processes (recent beat, membership connection still open), ordered
+  by (partition, start, id); the id space is split evenly among them by rank, so a missing
+  middle partition is covered at once (the reference only notices a missing highest one);
 - the processes that are gone (no beat for `holder_stale` s): their leases are reclaimed;
 - the oldest strand that is due and unheld anywhere: a safety net for ranges nobody scans.
 """
@@ -35,13 +35,18 @@ DUE_CHANNEL = "strand_due"
 MEMBERS_CHANNEL = "respirate_members"
 MAX_UUID = uuid.UUID(int=2**128 - 1)
 
+# A member has beaten recently and its membership connection is still open: a process killed
+# outright drops out at the next beat of any other, not only once its beats are stale.
 _BEAT = """
     WITH beat AS (
-        INSERT INTO respirate_process (id, partition, host, pid) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        INSERT INTO respirate_process (id, partition, host, pid, backend_pid)
+        VALUES ($1, $2, $3, $4, pg_backend_pid())
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), backend_pid = pg_backend_pid()
         RETURNING id)
     SELECT p.id, p.partition, p.started_at,
-           p.id = $1 OR p.heartbeat_at > now() - $5 * interval '1 second' AS member,
+           p.id = $1 OR (p.heartbeat_at > now() - $5 * interval '1 second'
+                         AND EXISTS (SELECT 1 FROM pg_stat_activity a
+                                      WHERE a.pid = p.backend_pid)) AS member,
            p.id <> $1 AND p.heartbeat_at < now() - $6 * interval '1 second' AS gone,
            (SELECT min(schedule) FROM strand WHERE exitval IS NULL AND lease < now())
                AS oldest_due,
@@ -98,8 +103,8 @@ class Membership:
     """Heartbeats and LISTENs on its own connection; calls `on_wake` when work may be due."""
 
     def __init__(self, dsn: str, process_id: uuid.UUID, partition: int | None, *,
-                 on_wake: Callable[[], None], heartbeat_interval: float = 1.5,
-                 member_stale: float = 3.2, holder_stale: float = 10.0) -> None:
+                 on_wake: Callable[[], None], heartbeat_interval: float = 2.0,
+                 member_stale: float = 5.0, holder_stale: float = 10.0) -> None:
         self.dsn = dsn
         self.id = process_id
         self.partition = partition

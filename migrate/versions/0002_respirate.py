@@ -24,7 +24,10 @@ def upgrade() -> None:
             host text NOT NULL,
             pid integer NOT NULL,
             started_at timestamptz NOT NULL DEFAULT now(),
-            heartbeat_at timestamptz NOT NULL DEFAULT now()
+            heartbeat_at timestamptz NOT NULL DEFAULT now(),
+            -- the server process of its membership connection: when the respirate process
+            -- dies, even by kill -9, that backend ends within milliseconds
+            backend_pid integer
         )
     """)
     # strand is a queue: most of its updates touch no indexed column (a hop, a nap within a

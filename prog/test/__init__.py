@@ -273,17 +273,8 @@ class Test(Prog):
     # -- respirate: many strands through the daemon ----------------------------------------
 
     @label
-    async def hopper(self) -> None:
-        """A no-op prog: hop to itself `hops` times (default 10), then exit."""
-        done = int(self.frame.get("n", 0)) + 1
-        if done >= int(self.frame.get("hops", 10)):
-            self.pop({"hops": done})
-        self.frame_set("n", done)
-        self.hop(self.hopper)
-
-    @label
     async def counted_hopper(self) -> None:
-        """Like hopper, but every step records itself in `test_step_log` (a table the tests
+        """Like Test.Hopper, but every step records itself in `test_step_log` (a table the tests
         create), in the step's transaction: a step committed twice shows as a duplicate row."""
         done = int(self.frame.get("n", 0)) + 1
         await self.connection.execute(

@@ -49,7 +49,7 @@ async def count(engine: AsyncEngine, sql: str = "SELECT count(*) FROM strand") -
 async def test_runs_every_due_strand_to_completion_and_exits_cleanly(
         engine: AsyncEngine, start_respirate: Callable[..., Any]) -> None:
     for _ in range(150):
-        await strands.create(engine, "hopper", stack=[{"hops": 5}])
+        await strands.create(engine, "bounce", prog="Test.Hopper", stack=[{"hops": 5}])
     respirate, task = await start_respirate(workers=4)
 
     async def all_done() -> bool:
@@ -97,14 +97,20 @@ async def test_a_wake_of_a_napping_strand_reaches_an_idle_respirate(
     await eventually(gone, 20, "the woken strand running")
 
 
-async def test_strands_held_by_a_gone_process_are_reclaimed(
-        engine: AsyncEngine, start_respirate: Callable[..., Any]) -> None:
-    dead = ubid.generate("rp")
+async def held_by_another_process(engine: AsyncEngine, heartbeat: str) -> tuple[Any, Any]:
+    """A strand leased for an hour by a respirate process whose last beat was at `heartbeat`."""
+    holder = ubid.generate("rp")
     await strands.execute(engine, "INSERT INTO respirate_process (id, host, pid, heartbeat_at)"
-                          " VALUES (:id, 'elsewhere', 1, now() - interval '1 minute')", id=dead)
+                          f" VALUES (:id, 'elsewhere', 1, {heartbeat})", id=holder)
     strand_id = await strands.create(engine, "hop_entry")
     await strands.execute(engine, "UPDATE strand SET lease = now() + interval '1 hour',"
-                          " lease_holder = :dead WHERE id = :id", dead=dead, id=strand_id)
+                          " lease_holder = :holder WHERE id = :id", holder=holder, id=strand_id)
+    return holder, strand_id
+
+
+async def test_strands_held_by_a_gone_process_are_reclaimed(
+        engine: AsyncEngine, start_respirate: Callable[..., Any]) -> None:
+    _, strand_id = await held_by_another_process(engine, "now() - interval '1 minute'")
     respirate, _ = await start_respirate()
 
     async def gone() -> bool:
@@ -117,12 +123,7 @@ async def test_strands_held_by_a_gone_process_are_reclaimed(
 
 async def test_strands_held_by_a_live_process_are_left_alone(
         engine: AsyncEngine, start_respirate: Callable[..., Any]) -> None:
-    alive = ubid.generate("rp")
-    await strands.execute(engine, "INSERT INTO respirate_process (id, host, pid, heartbeat_at)"
-                          " VALUES (:id, 'elsewhere', 1, now() + interval '1 hour')", id=alive)
-    held = await strands.create(engine, "hop_entry")
-    await strands.execute(engine, "UPDATE strand SET lease = now() + interval '1 hour',"
-                          " lease_holder = :alive WHERE id = :id", alive=alive, id=held)
+    alive, held = await held_by_another_process(engine, "now() + interval '1 hour'")
     free = await strands.create(engine, "hop_entry")
     respirate, _ = await start_respirate()
 
