@@ -13,10 +13,13 @@ from typing import Any
 import structlog
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_level = _LEVELS["info"]
 
 
 def configure(log_format: str = "console", level: str = "info") -> None:
     """Install the structlog pipeline; safe to call more than once."""
+    global _level
+    _level = _LEVELS[level]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -39,3 +42,8 @@ def configure(log_format: str = "console", level: str = "info") -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def enabled(level: str) -> bool:
+    """Whether events at `level` are kept: lets a hot path skip building an event's fields."""
+    return _LEVELS[level] >= _level

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,4 +23,6 @@ class StrandState:
     stack_modified: bool = field(default=False)
 
     def copy_stack(self) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.stack)
+        """A copy whose frames can be changed without touching ours (values are shared:
+        progs replace frame values through `frame_set`, they do not mutate them)."""
+        return [dict(frame) for frame in self.stack]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lib import ubid
-from lib.log import get_logger
+from lib.log import enabled, get_logger
 from lib.scheduling import deadlines, lease, registry, timefmt
 from lib.scheduling.flow import (
     EngineBug,
@@ -192,6 +192,8 @@ def _json(value: Any) -> str | None:
 
 def _log_outcome(state: StrandState, outcome: Outcome) -> None:
     if isinstance(outcome, Hop):  # debug: at thousands of hops a second, info would drown
+        if not enabled("debug"):
+            return
         log.debug("hopped", strand=ubid.to_ubid(state.id),
                   from_=f"{outcome.from_prog}.{outcome.from_label}",
                   to=f"{outcome.prog}.{outcome.label}")

@@ -87,7 +87,8 @@ async def run_hoppers(url: str, active: int, napping: int, workers: int) -> dict
     try:
         if napping:
             await seed(connection, napping, "napper", {}, "now() + interval '1 day'")
-        await connection.execute("ANALYZE strand")
+        await connection.execute("VACUUM ANALYZE strand")
+        await connection.execute("CHECKPOINT")  # every measured run starts from a clean slate
         process = RespirateProcess(url, LOG_DIR, "--workers", str(workers),
                                    settings={"jitter": "false"})
         await started(process)
@@ -132,7 +133,8 @@ async def sql_ceiling(url: str, clients: int) -> float:
     """Steps/s of the bare SQL of a step (claim + advance in one autocommit statement)."""
     seeder = await asyncpg.connect(dsn(url))
     await seed(seeder, STRANDS, "hopper", {})
-    await seeder.execute("ANALYZE strand")
+    await seeder.execute("VACUUM ANALYZE strand")
+    await seeder.execute("CHECKPOINT")
     await seeder.close()
     connections = [await asyncpg.connect(dsn(url)) for _ in range(clients)]
     statements = [await c.prepare(CEILING_STEP) for c in connections]
@@ -153,28 +155,44 @@ async def sql_ceiling(url: str, clients: int) -> float:
     return done / elapsed
 
 
-async def throughput(report: Report, workers: int) -> float:
-    with fresh_database() as url:
-        sync = await (await asyncpg.connect(dsn(url))).fetchval("SHOW synchronous_commit")
-        ours = await run_hoppers(url, STRANDS, 0, workers)
-    with fresh_database() as url:
-        ceiling = await sql_ceiling(url, 8)
-    note = f"{STRANDS} strands x {HOPS} hops, {workers} workers, synchronous_commit={sync}"
-    report.add("engine.throughput", ours["steps_per_second"], "steps/s", note)
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+async def throughput(report: Report, workers: int, repeats: int = 3) -> None:
+    """Ours and the ceiling alternate, each `repeats` times on a fresh database; medians."""
+    ours, ceilings = [], []
+    for _ in range(repeats):
+        with fresh_database() as url:
+            sync = await (await asyncpg.connect(dsn(url))).fetchval("SHOW synchronous_commit")
+            ours.append(await run_hoppers(url, STRANDS, 0, workers))
+        with fresh_database() as url:
+            ceilings.append(await sql_ceiling(url, 8))
+    steps = median_of(ours, "steps_per_second")
+    ceiling = statistics.median(ceilings)
+    note = (f"{STRANDS} strands x {HOPS} hops, {workers} workers, synchronous_commit={sync},"
+            f" median of {repeats}")
+    report.add("engine.throughput", steps, "steps/s", note)
     report.add("engine.ceiling", ceiling, "steps/s", "bare SQL step, 8 asyncpg clients")
-    report.add("engine.ratio_to_ceiling", ours["steps_per_second"] / ceiling, "x")
-    report.add("engine.commits_per_step", ours["commits_per_step"], "commits")
-    report.add("engine.cpu_per_step", ours["cpu_ms_per_step"], "ms", "respirate process")
-    return ours["steps_per_second"]
+    report.add("engine.ratio_to_ceiling", steps / ceiling, "x")
+    report.add("engine.commits_per_step", median_of(ours, "commits_per_step"), "commits")
+    report.add("engine.cpu_per_step", median_of(ours, "cpu_ms_per_step"), "ms",
+               "respirate process")
 
 
-async def scale(report: Report, workers: int, small: float) -> None:
-    with fresh_database() as url:
-        big = await run_hoppers(url, 10_000, 90_000, workers)
-    report.add("engine.scale_throughput", big["steps_per_second"], "steps/s",
-               "10,000 hopping among 100,000 strands")
-    report.add("engine.scale_ratio", big["steps_per_second"] / small, "x",
-               "vs 2,000 strands alone")
+async def scale(report: Report, workers: int, repeats: int = 2) -> None:
+    """10,000 active strands among 100,000 against 2,000 alone, alternating; medians."""
+    small, big = [], []
+    for _ in range(repeats):
+        with fresh_database() as url:
+            small.append(await run_hoppers(url, STRANDS, 0, workers))
+        with fresh_database() as url:
+            big.append(await run_hoppers(url, 10_000, 90_000, workers))
+    big_rate = median_of(big, "steps_per_second")
+    report.add("engine.scale_throughput", big_rate, "steps/s",
+               f"10,000 hopping among 100,000 strands, median of {repeats}")
+    report.add("engine.scale_ratio", big_rate / median_of(small, "steps_per_second"), "x",
+               "vs 2,000 strands alone, measured alongside")
 
 
 # -- lateness -------------------------------------------------------------------------------------
@@ -273,9 +291,8 @@ async def main() -> None:
     report = Report(args.json)
     if not args.json:
         print(f"engine benchmark on {os.cpu_count()} cores (logs in {LOG_DIR})")
-    small = 0.0
-    if "throughput" in parts or "scale" in parts:
-        small = await throughput(report, args.workers)
+    if "throughput" in parts:
+        await throughput(report, args.workers)
     if "lateness" in parts:
         await lateness(report, args.workers)
     if "idle" in parts:
@@ -283,7 +300,7 @@ async def main() -> None:
     if "recovery" in parts:
         await recovery(report, args.workers)
     if "scale" in parts:
-        await scale(report, args.workers, small)
+        await scale(report, args.workers)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,12 @@ def test_console_format_renders_the_event_text(capsys: pytest.CaptureFixture[str
     assert "\x1b[" not in err  # no colours when stderr is not a terminal
     with pytest.raises(json.JSONDecodeError):
         json.loads(err)
+
+
+def test_enabled_follows_the_configured_level() -> None:
+    from lib.log import configure, enabled
+
+    configure("console", "info")
+    assert enabled("info") and enabled("error") and not enabled("debug")
+    configure("console", "debug")
+    assert enabled("debug")
