@@ -31,6 +31,7 @@ TYPE_MACHINE_IMAGE = "m1"
 TYPE_MACHINE_IMAGE_VERSION = "mv"
 TYPE_MACHINE_IMAGE_STORE = "m0"
 TYPE_ETC = "et"
+TYPE_LOCATION = "10"
 
 
 class UbidParseError(ValueError):

@@ -19,7 +19,8 @@ class Strand(Base):
     __table_args__ = (
         # The dispatcher's scan: due, unexited strands in schedule order.
         Index("strand_due_index", "schedule", postgresql_where=text("exitval IS NULL")),
-        Index("strand_parent_id_index", "parent_id"),
+        Index("strand_parent_id_index", "parent_id",
+              postgresql_where=text("parent_id IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

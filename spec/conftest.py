@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,3 +71,33 @@ def logs() -> Iterator[list[Any]]:
     """Structured events logged during the test, each a dict with `event` and its fields."""
     with structlog.testing.capture_logs() as captured:
         yield captured
+
+
+@pytest.fixture
+def ssh_hosts() -> Iterator[Callable[[int], list[Any]]]:
+    """Start `count` real sshd hosts (spec/support/sshd.py); all are stopped afterwards.
+
+    Their files live outside pytest's temporary root, which pytest keeps at mode 0700: sshd
+    reads authorized_keys as the host's account."""
+    import shutil
+    import tempfile
+
+    from spec.support.sshd import start_host
+
+    started: list[Any] = []
+
+    def start(count: int = 1) -> list[Any]:
+        hosts = [start_host(Path(tempfile.mkdtemp(prefix="imagecp-sshd-")), len(started) + i)
+                 for i in range(count)]
+        started.extend(hosts)
+        return hosts
+
+    yield start
+    for host in started:
+        host.stop()
+        shutil.rmtree(host.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def ssh_host(ssh_hosts: Callable[[int], list[Any]]) -> Any:
+    return ssh_hosts(1)[0]

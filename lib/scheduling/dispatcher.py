@@ -23,7 +23,7 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lib import db, ubid
+from lib import db, ssh, ubid
 from lib.log import get_logger
 from lib.scheduling import lease
 from lib.scheduling.flow import Hop, LeaseLost, Nap, Outcome, StrandFailed
@@ -242,7 +242,9 @@ class Dispatcher:
         outcome: Outcome | None = None
         lost = False
         try:
-            outcome = await runner.run_leased(state, self.settings.run_budget)
+            # SSH connections live for this run; commands end before the watchdog would fire.
+            async with ssh.run_scope(until=start + self.settings.step_timeout):
+                outcome = await runner.run_leased(state, self.settings.run_budget)
         except StrandFailed:
             pass  # logged by the runner; retried after its backoff
         except LeaseLost:

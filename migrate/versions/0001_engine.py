@@ -35,7 +35,8 @@ def upgrade() -> None:
     # The dispatcher scans due, unexited strands in schedule order; children are found
     # by parent. The reference has neither index.
     op.execute("CREATE INDEX strand_due_index ON strand (schedule) WHERE exitval IS NULL")
-    op.execute("CREATE INDEX strand_parent_id_index ON strand (parent_id)")
+    op.execute("CREATE INDEX strand_parent_id_index ON strand (parent_id)"
+               " WHERE parent_id IS NOT NULL")  # most strands have no parent
     op.execute("""
         CREATE TABLE semaphore (
             id uuid PRIMARY KEY,

@@ -92,7 +92,8 @@ async def test_17_schema_has_the_due_and_parent_indexes_the_reference_lacks(
         engine, "SELECT string_agg(indexdef, ' | ') FROM pg_indexes WHERE tablename = 'strand'")
     assert "strand_due_index ON public.strand USING btree (schedule) WHERE (exitval IS NULL)" \
         in definitions
-    assert "strand_parent_id_index ON public.strand USING btree (parent_id)" in definitions
+    assert "strand_parent_id_index ON public.strand USING btree (parent_id)" \
+        " WHERE (parent_id IS NOT NULL)" in definitions
 
 
 def test_18_labels_are_inherited_by_subclasses_unlike_the_reference() -> None:

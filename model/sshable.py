@@ -1,0 +1,35 @@
+"""`sshable`: how to reach a host over SSH — address, user, pinned host keys, client key."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapped, mapped_column
+
+from lib import crypto
+from model.base import Base
+
+
+class Sshable(Base):
+    __tablename__ = "sshable"
+    __table_args__ = (UniqueConstraint("address", "port"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(ForeignKey("vm_host.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(collation="C"))
+    port: Mapped[int] = mapped_column(server_default="22")
+    unix_user: Mapped[str] = mapped_column(String(collation="C"), server_default="imagecp")
+    # OpenSSH public key lines; every connection must present one of them.
+    host_keys: Mapped[list[str]] = mapped_column(ARRAY(String), server_default="{}")
+    # With no key pinned yet: pin the first one seen (trust on first use).
+    accept_new: Mapped[bool] = mapped_column(server_default="false")
+    client_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    client_public_key: Mapped[str]
+
+    def where(self) -> str:
+        """The associated data binding the sealed client key to this row."""
+        return f"sshable.client_key_sealed:{self.id}"
+
+    def client_private_key(self, master_key: bytes) -> bytes:
+        return crypto.unseal(master_key, self.client_key_sealed, self.where())
