@@ -195,13 +195,19 @@ async def test_failures_back_off_exponentially_capped_at_600_seconds(
     assert 599 < (await strands.row(engine, strand_id)).due_in.total_seconds() <= 600
 
 
-async def test_jittered_backoff_stays_within_its_window(engine: AsyncEngine) -> None:
+async def test_jittered_backoff_stays_within_its_window_from_lease_time(
+        engine: AsyncEngine) -> None:
     strand_id = await strands.create(engine, "failer")
     await strands.execute(engine, "UPDATE strand SET try = 3 WHERE id = :id", id=strand_id)
     async with engine.connect() as connection:
+        runner = StrandRunner(connection, jitter=True, lease_seconds=120)
+        state = await runner.take(strand_id)
+        assert state is not None
+        leased_at = state.lease - timedelta(seconds=120)
+        assert timedelta(0) <= state.schedule - leased_at <= timedelta(seconds=8)
         with pytest.raises(StrandFailed):
-            await StrandRunner(connection, jitter=True).run(strand_id)
-    assert 0 <= (await strands.row(engine, strand_id)).due_in.total_seconds() <= 8
+            await runner.run_leased(state)
+    assert (await strands.row(engine, strand_id)).schedule == state.schedule
 
 
 @pytest.mark.parametrize(("prog", "label", "stack", "reason"), [

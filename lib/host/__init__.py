@@ -1,0 +1,1 @@
+"""Host agent: code the control plane copies to a host and runs there (standard library only)."""
