@@ -158,10 +158,15 @@ async def _connect(target: Target) -> asyncssh.SSHClientConnection:
 
 
 async def _open(connection: asyncssh.SSHClientConnection, command: str,
-                stdin: str | bytes | None) -> asyncssh.SSHClientProcess[str]:
+                stdin: str | bytes | None) -> asyncssh.SSHClientProcess[bytes]:
+    """A process in binary mode: stdin goes byte for byte (secrets are bytes)."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
     for attempt in range(OPEN_RETRIES):
         try:
-            return await connection.create_process(command, input=stdin)
+            if not data:  # asyncssh sends no EOF for empty input: the command would wait on it
+                return await connection.create_process(command, stdin=asyncssh.DEVNULL,
+                                                       encoding=None)
+            return await connection.create_process(command, input=data, encoding=None)
         except asyncssh.ChannelOpenError:
             if attempt == OPEN_RETRIES - 1:
                 raise
@@ -204,10 +209,10 @@ async def cmd(target: Target, template: str, *, stdin: str | bytes | None = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(process.wait_closed(), 2)
     except asyncssh.TimeoutError as error:
-        _log(target, command, started, None, None, str(error.stdout), str(error.stderr))
+        stdout, stderr = _text(error.stdout), _text(error.stderr)
+        _log(target, command, started, None, None, stdout, stderr)
         raise SshTimeout(f"command timed out after {seconds:g} s on {target.name}: {command}",
-                         command=command, stdout=str(error.stdout or ""),
-                         stderr=str(error.stderr or "")) from None
+                         command=command, stdout=stdout, stderr=stderr) from None
     except (OSError, asyncssh.Error) as error:
         sessions.evict(target)
         raise SshUnreachable(f"lost {target.name} while running {command}: {error}",
@@ -215,7 +220,7 @@ async def cmd(target: Target, template: str, *, stdin: str | bytes | None = None
     finally:
         if not scoped:
             await sessions.close()
-    stdout, stderr = str(result.stdout or ""), str(result.stderr or "")
+    stdout, stderr = _text(result.stdout), _text(result.stderr)
     _log(target, command, started, result.exit_status, result.exit_signal, stdout, stderr)
     if result.exit_status != 0:
         signal = result.exit_signal[0] if result.exit_signal else None
@@ -224,6 +229,12 @@ async def cmd(target: Target, template: str, *, stdin: str | bytes | None = None
                                command=command, exit_status=result.exit_status,
                                exit_signal=signal, stdout=stdout, stderr=stderr)
     return stdout
+
+
+def _text(output: object) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return "" if output is None else str(output)
 
 
 def _log(target: Target, command: str, started: float, status: int | None,

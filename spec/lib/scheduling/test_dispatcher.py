@@ -197,7 +197,7 @@ async def test_workers_that_lose_their_connection_hand_their_strands_back(
     """The workers' connections are cut mid-run while the scan loop's survives: the scan loop
     must still hand their strands back (not leave them leased for the lease's 120 s)."""
     ids = [await strands.create(engine, "spinner") for _ in range(4)]
-    await start_respirate(workers=4)
+    respirate, _ = await start_respirate(workers=4)
 
     async def all_claimed() -> bool:
         return await count(engine, "SELECT count(*) FROM strand WHERE lease_holder IS NOT NULL"
@@ -214,4 +214,15 @@ async def test_workers_that_lose_their_connection_hand_their_strands_back(
     async def all_finished() -> bool:
         return await count(engine) == 0
 
-    await eventually(all_finished, 30, "every strand finishing after the cut")
+    try:
+        await eventually(all_finished, 30, "every strand finishing after the cut")
+    except AssertionError:  # say where the strands stuck, for the next time this fails
+        async with engine.connect() as connection:
+            from sqlalchemy import text
+
+            rows = list(await connection.execute(text(
+                "SELECT id, label, lease > now() AS leased, lease_holder, schedule - now()"
+                " AS due_in, try, last_error FROM strand")))
+        dispatcher = respirate.dispatcher
+        raise AssertionError(f"stuck: {rows}; held={dispatcher and dispatcher.held}"
+                             f" orphans={dispatcher and dispatcher._orphans}") from None

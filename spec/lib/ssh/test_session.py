@@ -158,3 +158,9 @@ async def test_several_hosts_each_get_their_own_connection(ssh_hosts: Any) -> No
         outputs = await asyncio.gather(ssh.cmd(first.target, "hostname"),
                                        ssh.cmd(second.target, "echo :a", a=second.address))
         assert outputs[1] == f"{second.address}\n" and len(sessions) == 2
+
+
+async def test_a_command_reading_stdin_sees_its_end_when_none_is_given(
+        ssh_host: TestHost) -> None:
+    assert await ssh.cmd(ssh_host.target, "wc -c", limit=10) == "0\n"
+    assert await ssh.cmd(ssh_host.target, "wc -c", stdin="", limit=10) == "0\n"

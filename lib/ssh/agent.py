@@ -1,0 +1,72 @@
+"""The host agent (lib/host) on a host: its version, deploying it, and its unit commands.
+
+The agent lives in `~/.imagecp/agent/<version>/` on the host, `current` links to the version
+in use; the version is a hash of the agent's files, so a control plane with a newer agent
+sees the difference and deploys again. Commands run from the account's home directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+from lib.ssh.session import Target, cmd
+
+SOURCE = Path(__file__).resolve().parent.parent / "host"
+HOME = ".imagecp/agent"
+AGENT = f"{HOME}/current/agent.py"
+MIN_PYTHON = (3, 9)
+
+
+@cache
+def files() -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(SOURCE.glob("*.py"))}
+
+
+@cache
+def version() -> str:
+    digest = hashlib.sha256()
+    for name, content in files().items():
+        digest.update(name.encode() + b"\0" + content + b"\0")
+    return digest.hexdigest()[:16]
+
+
+async def installed_version(target: Target) -> str | None:
+    out = await cmd(target, "readlink :link || true", link=f"{HOME}/current")
+    return out.strip().rsplit("/", 1)[-1] or None
+
+
+async def check_prerequisites(target: Target) -> None:
+    """Raises SshCommandFailed naming what the host lacks."""
+    await cmd(target, "python3 -c :code", code=(
+        "import sys; v = sys.version_info[:2]; "
+        f"sys.exit(0 if v >= {MIN_PYTHON} else 'python3 is ' + '.'.join(map(str, v)) + "
+        f"', the agent needs {'.'.join(map(str, MIN_PYTHON))}')"))
+
+
+async def deploy(target: Target) -> str:
+    """Install this control plane's agent and point `current` at it; idempotent."""
+    directory = f"{HOME}/{version()}"
+    staging = f"{directory}.partial"
+    await cmd(target, "rm -rf :staging && mkdir -p :staging", staging=staging)
+    for name, content in files().items():
+        await cmd(target, "cat > :path", path=f"{staging}/{name}", stdin=content)
+    await cmd(target, "rm -rf :directory && mv :staging :directory && ln -sfn :version :link",
+              staging=staging, directory=directory, version=version(), link=f"{HOME}/current")
+    return version()
+
+
+async def unit(target: Target, command: str, name: str) -> str:
+    """`check`, `clean`, `stop` or `logs` of a unit; returns what the agent printed."""
+    if command not in ("check", "clean", "stop", "logs"):
+        raise ValueError(f"unknown unit command {command!r}")
+    return await cmd(target, "python3 :agent unit :command :name", agent=AGENT, command=command,
+                     name=name)
+
+
+async def run_unit(target: Target, name: str, argv: list[str], *,
+                   stdin: bytes | str | None = None) -> None:
+    """Start a detached unit; `stdin` (a secret) reaches its command only through pipes."""
+    await cmd(target, "python3 :agent unit run :name -- :shelljoin_argv", agent=AGENT,
+              name=name, argv=argv, stdin=stdin if stdin is not None else "")
