@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,24 @@ def unit_name() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-def gate(tmp_path: Path) -> Path:
-    """A file the unit waits for, in a directory the host account can read."""
+@pytest.fixture
+def go() -> Iterator[Path]:
+    """A file a unit waits for, in a directory the host account can read (not pytest's)."""
     directory = Path(f"/tmp/imagecp-gate-{uuid.uuid4().hex[:8]}")
     directory.mkdir(mode=0o755)
-    return directory / "go"
+    yield directory / "go"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def cmdlines_containing(needle: bytes) -> list[Path]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                found.append(cmdline)
+        except OSError:
+            continue
+    return found
 
 
 async def test_deploy_installs_this_version_and_is_idempotent(ssh_host: TestHost) -> None:
@@ -56,8 +71,8 @@ def test_the_version_changes_with_the_agent_code() -> None:
 
 
 async def test_a_unit_outlives_its_connection_and_a_new_one_reads_its_state(
-        deployed: TestHost, tmp_path: Path) -> None:
-    name, go = unit_name(), gate(tmp_path)
+        deployed: TestHost, go: Path) -> None:
+    name = unit_name()
     script = f"while [ ! -e {go} ]; do sleep 0.05; done; echo finished"
     await agent.run_unit(deployed.target, name, ["sh", "-c", script])
     for pid in sessions_of(deployed):
@@ -112,17 +127,13 @@ def files_containing(needle: bytes, *roots: Path) -> list[Path]:
 
 
 async def test_a_secret_on_stdin_is_never_in_ps_logs_or_on_disk(
-        deployed: TestHost, tmp_path: Path, logs: list[Any]) -> None:
+        deployed: TestHost, go: Path, logs: list[Any]) -> None:
     secret = os.urandom(16).hex().encode()
-    name, go = unit_name(), gate(tmp_path)
+    name = unit_name()
     script = f"sha256sum; while [ ! -e {go} ]; do sleep 0.05; done"
     await agent.run_unit(deployed.target, name, ["sh", "-c", script], stdin=secret)
     await until_state(deployed, name, "InProgress")
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            assert secret not in cmdline.read_bytes()
-        except OSError:
-            continue
+    assert cmdlines_containing(secret) == []
     go.touch()
     await until_state(deployed, name, "Succeeded")
     assert hashlib.sha256(secret).hexdigest() in await agent.unit(deployed.target, "logs", name)
