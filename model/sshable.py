@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lib import crypto
+from lib.ssh import Target
 from model.base import Base
 
 
@@ -33,3 +34,9 @@ class Sshable(Base):
 
     def client_private_key(self, master_key: bytes) -> bytes:
         return crypto.unseal(master_key, self.client_key_sealed, self.where())
+
+    def target(self, master_key: bytes) -> Target:
+        """How lib/ssh reaches this host, with the client key opened in memory."""
+        return Target(id=self.id, address=self.address, port=self.port, user=self.unix_user,
+                      host_keys=tuple(self.host_keys), accept_new=self.accept_new,
+                      client_key=self.client_private_key(master_key))

@@ -19,9 +19,12 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lib import db, migrations
+from lib import crypto, db, migrations
 from lib.log import configure
 from lib.scheduling.runner import StrandRunner
+
+# Secrets at rest in the test databases are sealed with a key made for this run.
+os.environ.setdefault("IMAGECP_MASTER_KEY", crypto.generate_master_key())
 
 HOST = os.environ.get("TEST_DATABASE_HOST", "127.0.0.1")
 PORT = int(os.environ.get("TEST_DATABASE_PORT", "5432"))
@@ -52,7 +55,8 @@ async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         engine: AsyncEngine = request.getfixturevalue("engine")
         async with engine.begin() as connection:
             await connection.execute(
-                text("TRUNCATE strand, semaphore, page, respirate_process CASCADE"))
+                text("TRUNCATE strand, semaphore, page, respirate_process, sshable, vm_host,"
+                     " location CASCADE"))
 
 
 @pytest.fixture

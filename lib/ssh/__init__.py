@@ -1,6 +1,7 @@
 """Running commands on hosts over SSH (asyncssh): templates, cached connections, errors."""
 
 from lib.ssh.command import (
+    ClientKeyRefused,
     HostKeyMismatch,
     SshCommandFailed,
     SshError,
@@ -12,7 +13,7 @@ from lib.ssh.command import (
 from lib.ssh.session import Sessions, Target, cmd, current, deadline, run_scope
 
 __all__ = [
-    "HostKeyMismatch", "Sessions", "SshCommandFailed", "SshError", "SshTimeout",
+    "ClientKeyRefused", "HostKeyMismatch", "Sessions", "SshCommandFailed", "SshError", "SshTimeout",
     "SshUnreachable", "Target", "TemplateError", "cmd", "current", "deadline", "render",
     "run_scope",
 ]

@@ -74,3 +74,7 @@ class SshUnreachable(SshError):
 
 class HostKeyMismatch(SshUnreachable):
     """The host presented a key that is not pinned for it: nothing was run."""
+
+
+class ClientKeyRefused(SshUnreachable):
+    """The host does not accept our client key (not authorized for the user)."""

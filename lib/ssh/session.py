@@ -23,6 +23,7 @@ import asyncssh
 from lib import ubid
 from lib.log import get_logger
 from lib.ssh.command import (
+    ClientKeyRefused,
     HostKeyMismatch,
     SshCommandFailed,
     SshTimeout,
@@ -152,7 +153,7 @@ async def _connect(target: Target) -> asyncssh.SSHClientConnection:
         raise HostKeyMismatch(f"{target.name} presented a host key that is not pinned for it"
                               f" (changed or spoofed host): {error}") from None
     except asyncssh.PermissionDenied as error:
-        raise SshUnreachable(f"{target.name} refused our client key: {error}") from None
+        raise ClientKeyRefused(f"{target.name} refused our client key: {error}") from None
     except (OSError, TimeoutError, asyncssh.Error) as error:
         raise SshUnreachable(f"cannot connect to {target.name}: {error}") from None
 

@@ -314,3 +314,28 @@ async def test_metrics_are_served_for_prometheus(engine: AsyncEngine,
         assert series in text
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
+
+
+async def test_a_host_added_with_ctl_is_bootstrapped_by_respirate(
+        database_url: str, engine: AsyncEngine, ssh_host: Any,
+        spawn: Callable[..., RespirateProcess]) -> None:
+    import json
+
+    from lib.ssh import agent
+    from spec.bin.test_ctl import ctl
+
+    await ctl(database_url, "location", "create", "lab")
+    added = await ctl(database_url, "host", "add", "--location", "lab", "--address",
+                      ssh_host.address, "--port", str(ssh_host.port), "--accept-new", "--json")
+    ssh_host.authorize(ssh_host.client_public, json.loads(added.stdout)["authorize"])
+    process = spawn()
+
+    async def ready() -> bool:
+        return bool(await strands.scalar(engine, "SELECT state FROM vm_host") == "ready")
+
+    await eventually(ready, 60, "the host becoming ready")
+    assert await agent.installed_version(ssh_host.target) == agent.version()
+    listed = await ctl(database_url, "host", "list")
+    assert "ready" in listed.stdout
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0

@@ -54,6 +54,7 @@ class TestHost:
     address: str
     port: int
     target: Target
+    client_public: str = ""  # the public half of target's client key
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,9 +84,10 @@ LogLevel VERBOSE
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                         str(self.directory / "host_key")], check=True)
 
-    def authorize(self, public_key: str) -> None:
+    def authorize(self, *public_keys: str) -> None:
+        """Exactly these client keys may log in."""
         path = self.directory / "authorized_keys"
-        path.write_text(public_key + "\n")
+        path.write_text("".join(key + "\n" for key in public_keys))
         path.chmod(0o644)
 
     def start(self) -> None:
@@ -130,7 +132,7 @@ def start_host(directory: Path, index: int) -> TestHost:
     private, public = client_key()
     host = TestHost(directory, address, port, Target(
         id=ubid.generate(ubid.TYPE_VM_HOST), address=address, port=port, user=HOST_USER,
-        host_keys=(), accept_new=False, client_key=private))
+        host_keys=(), accept_new=False, client_key=private), client_public=public)
     host.new_host_key()
     host.authorize(public)
     host.target = host.with_pins(host.host_key)
