@@ -127,14 +127,19 @@ class Dispatcher:
                 async with self._connect("scan") as connection:
                     raw = (await Transactions.of(connection)).raw
                     while not self.stopping:
+                        # Cleared before anything is read: a wake during this round (a
+                        # worker's orphan, a NOTIFY) survives to cut the round's sleep short.
+                        self._wake.clear()
                         if self._orphans:  # set by us or by a worker that lost its connection
                             await self._release_orphans(raw)
                         await self._scan_once(raw)
             except Exception as error:
-                if not db.is_disconnect(error, raw):
+                # The scan loop must outlive any error: without it nothing is claimed, and
+                # orphaned leases are never handed back.
+                if db.is_disconnect(error, raw):
+                    log.warning("respirate scan connection lost", error=str(error))
+                else:
                     log.exception("unexpected respirate scan error")
-                    raise
-                log.warning("respirate scan connection lost", error=str(error))
                 self._orphans = True
                 await self._pause(1 + random.random())
 
@@ -167,10 +172,8 @@ class Dispatcher:
     async def _scan_once(self, raw: asyncpg.Connection) -> None:
         free = self.capacity - len(self.held)
         if free <= 0 or not self.may_step():
-            self._wake.clear()
             await self._sleep(0.5 if free > 0 else self.settings.max_sleep)
             return
-        self._wake.clear()  # before the query: a notification during it wakes the next sleep
         low, high = self._range()
         started = time.monotonic()
         rows = await raw.fetch(lease.CLAIM, low, high, self.membership.view.gone, free,
@@ -222,10 +225,11 @@ class Dispatcher:
                         await self._run(runner, claimed)
                     return
             except Exception as error:
-                if not db.is_disconnect(error, raw):
+                if db.is_disconnect(error, raw):
+                    log.warning("respirate worker connection lost", worker=index,
+                                error=str(error))
+                else:
                     log.exception("unexpected respirate worker error", worker=index)
-                    raise
-                log.warning("respirate worker connection lost", worker=index, error=str(error))
                 self._orphans = True
                 self._wake.set()
                 await asyncio.sleep(1 + random.random())
@@ -271,6 +275,13 @@ class Dispatcher:
             self._hint(datetime.now(UTC) if outcome else state.schedule)
         if len(self.held) == self.capacity - 1:
             self._wake.set()  # the pool was full: a slot is free again
+
+    async def release_all(self) -> int:
+        """After the workers have stopped: hand back every lease this process still holds."""
+        async with self.engine.connect() as connection:
+            raw = (await Transactions.of(connection)).raw
+            status = await raw.execute(lease.RELEASE_ORPHANS, self.id, [])
+        return int(status.split()[-1])
 
     async def drain(self) -> None:
         """On shutdown: hand back the leases of strands still waiting in the queue."""

@@ -64,7 +64,7 @@ class Respirate:
     async def serve(self) -> int:
         await _check_database(self.url)
         process_id = ubid.generate(TYPE_RESPIRATE)
-        engine = db.create_engine(self.url, pool_size=self.settings.workers + 2,
+        engine = db.create_engine(self.url, pool_size=self.settings.workers + 4,
                                   application_name="respirate")
         metrics = RespirateMetrics()
         if self.metrics_port is not None:
@@ -114,6 +114,13 @@ class Respirate:
         for task in pending:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        try:
+            released = await dispatcher.release_all()
+        except Exception as error:
+            log.error("respirate could not hand back its leases", error=str(error))
+            return False
+        if released:
+            log.info("respirate handed back leases at shutdown", count=released)
         if pending:
             log.error("respirate shutdown timed out", unfinished=len(pending))
             return False
