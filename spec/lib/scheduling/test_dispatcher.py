@@ -226,3 +226,42 @@ async def test_workers_that_lose_their_connection_hand_their_strands_back(
         dispatcher = respirate.dispatcher
         raise AssertionError(f"stuck: {rows}; held={dispatcher and dispatcher.held}"
                              f" orphans={dispatcher and dispatcher._orphans}") from None
+
+
+async def test_an_orphan_flagged_during_a_scan_round_is_released_in_the_next(
+        engine: AsyncEngine) -> None:
+    """A worker may flag an orphaned lease while the scan loop is mid-query; that wake must
+    not be lost (max_sleep is an hour: a lost wake leaves the loop asleep)."""
+    from lib.scheduling.membership import View
+    from lib.scheduling.metrics import RespirateMetrics
+
+    class Alive:
+        view = View()
+
+        def beat_age(self) -> float:
+            return 0.0
+
+    dispatcher = Dispatcher(engine, Settings(max_sleep=3600), uuid.uuid4(), Alive(),  # type: ignore[arg-type]
+                            RespirateMetrics(), None)  # type: ignore[arg-type]
+    releases: list[int] = []
+    release = dispatcher._release_orphans
+
+    async def release_then_a_worker_flags_another(raw: Any) -> None:
+        releases.append(1)
+        await release(raw)
+        if len(releases) == 1:  # as a worker losing its connection right now would
+            dispatcher._orphans = True
+            dispatcher.wake()
+
+    dispatcher._release_orphans = release_then_a_worker_flags_another  # type: ignore[method-assign]
+    dispatcher._orphans = True
+    scan = asyncio.create_task(dispatcher.scan_loop())
+
+    async def released_twice() -> bool:
+        return len(releases) >= 2
+
+    try:
+        await eventually(released_twice, 10, "the second orphan release")
+    finally:
+        dispatcher.stop()
+        await asyncio.wait_for(scan, 10)
