@@ -35,6 +35,7 @@ from lib.scheduling.transaction import Transactions
 from lib.scheduling.watchdog import Watchdog
 
 log = get_logger(__name__)
+MIN_IDLE_SLEEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class Dispatcher:
     def may_step(self) -> bool:
         return not self.stopping and self.membership.beat_age() < self.settings.fence_after
 
+    def _claim_shelf_life(self) -> float:
+        """How long a claimed strand may wait for a worker: its run (at most step_timeout,
+        the watchdog's limit) must end before the lease does."""
+        return max(0.0, self.settings.lease_seconds - self.settings.step_timeout - 5)
+
     def _hint(self, when: datetime) -> None:
         if self._next_due is None or when < self._next_due:
             self._next_due = when
@@ -130,6 +136,7 @@ class Dispatcher:
                         # Cleared before anything is read: a wake during this round (a
                         # worker's orphan, a NOTIFY) survives to cut the round's sleep short.
                         self._wake.clear()
+                        self._next_due = None  # so any hint during the round wakes us
                         if self._orphans:  # set by us or by a worker that lost its connection
                             await self._release_orphans(raw)
                         await self._scan_once(raw)
@@ -183,8 +190,12 @@ class Dispatcher:
             self._enqueue(rows, statement)
         if len(rows) == free:
             return  # maybe more is due; the next round waits for a free slot
-        self._next_due = await raw.fetchval(lease.NEXT_DUE, low, high)
-        await self._sleep(self._seconds_until(self._next_due))
+        self._next_due = await raw.fetchval(lease.NEXT_DUE, low, high,
+                                            self.membership.view.gone)
+        seconds = self._seconds_until(self._next_due)
+        if not rows:  # due but not claimable (row-locked by a parent's reap): do not spin
+            seconds = max(seconds, MIN_IDLE_SLEEP)
+        await self._sleep(seconds)
 
     def _seconds_until(self, when: datetime | None) -> float:
         if when is None:
@@ -237,6 +248,13 @@ class Dispatcher:
     async def _run(self, runner: StrandRunner, claimed: Claimed) -> None:
         state = claimed.state
         start = time.monotonic()
+        if start - claimed.claimed_at > self._claim_shelf_life():
+            # Waited so long that the lease could run out during the run: hand it back and
+            # let a fresh claim take it.
+            await (await runner.transactions()).raw.execute(lease.RELEASE, *lease.fence(state))
+            self.held.discard(state.id)
+            self._wake.set()
+            return
         self.metrics.queue_depth.set(self.queue.qsize())
         self.metrics.started(start - claimed.claimed_at,
                              (datetime.now(UTC) - claimed.due_at).total_seconds())

@@ -96,6 +96,7 @@ CLAIM = f"""
           FROM strand
          WHERE exitval IS NULL AND schedule < now() AND id BETWEEN $1 AND $2
            AND (lease < now() OR lease_holder = ANY($3::uuid[]))
+           AND lease_holder IS DISTINCT FROM $6  -- never our own, even with its lease run out
          ORDER BY schedule
          LIMIT $4
            FOR NO KEY UPDATE SKIP LOCKED)
@@ -113,7 +114,8 @@ CLAIM = f"""
 # The earliest schedule among strands nobody holds in a range: how long respirate may sleep.
 NEXT_DUE = """
     SELECT min(schedule) FROM strand
-     WHERE exitval IS NULL AND lease < now() AND id BETWEEN $1 AND $2
+     WHERE exitval IS NULL AND id BETWEEN $1 AND $2
+       AND (lease < now() OR lease_holder = ANY($3::uuid[]))
 """
 
 # After a lost connection: give back every lease we hold that no worker is running.

@@ -104,7 +104,8 @@ class Membership:
 
     def __init__(self, dsn: str, process_id: uuid.UUID, partition: int | None, *,
                  on_wake: Callable[[], None], heartbeat_interval: float = 2.0,
-                 member_stale: float = 5.0, holder_stale: float = 10.0) -> None:
+                 member_stale: float = 5.0, holder_stale: float = 10.0,
+                 overdue_after: float = 5.0) -> None:
         self.dsn = dsn
         self.id = process_id
         self.partition = partition
@@ -112,6 +113,7 @@ class Membership:
         self.heartbeat_interval = heartbeat_interval
         self.member_stale = member_stale
         self.holder_stale = holder_stale
+        self.overdue_after = overdue_after
         self.view = View()
         self.last_beat = 0.0  # monotonic time of our last successful heartbeat
         self.ready = asyncio.Event()
@@ -176,6 +178,9 @@ class Membership:
             self.on_wake()
         if self.view.gone and self.view.gone != previous.gone:
             self.on_wake()
+        if (self.view.oldest_due is not None and self.view.at is not None
+                and (self.view.at - self.view.oldest_due).total_seconds() > self.overdue_after):
+            self.on_wake()  # a strand waits too long somewhere: scan, whatever the ranges
         if self.beats % 600 == 0:
             await connection.execute(_FORGET_LONG_GONE)
         self.ready.set()

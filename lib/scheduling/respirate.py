@@ -76,7 +76,8 @@ class Respirate:
             raw_dsn(self.url), process_id, self.settings.partition,
             on_wake=lambda: wake_target[0].wake() if wake_target else None,
             heartbeat_interval=self.settings.heartbeat_interval,
-            member_stale=self.settings.member_stale, holder_stale=self.settings.holder_stale)
+            member_stale=self.settings.member_stale, holder_stale=self.settings.holder_stale,
+            overdue_after=self.settings.overdue_after)
         dispatcher = Dispatcher(engine, self.settings, process_id, membership, metrics, watchdog)
         wake_target.append(dispatcher)
         self.dispatcher, self.membership = dispatcher, membership

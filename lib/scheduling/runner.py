@@ -88,8 +88,18 @@ class StrandRunner:
             if isinstance(outcome, ChildFailed):
                 raise outcome.error
             if state.parent_id is not None and not nested:
-                await tx.raw.execute(lease.WAKE_PARENT, state.parent_id)
+                await self._wake_parent(tx, state)
             return outcome
+
+    async def _wake_parent(self, tx: Transactions, state: StrandState) -> None:
+        """After the child's exit committed (so the last child always sees its siblings'
+        exits); if it fails, the parent still wakes by its reap nap (at most 120 s)."""
+        try:
+            await tx.raw.execute(lease.WAKE_PARENT, state.parent_id)
+        except Exception as error:
+            if db.is_disconnect(error, tx.raw):
+                raise
+            log.error("parent wake failed", strand=ubid.to_ubid(state.id), error=str(error))
 
     async def _fail(self, tx: Transactions, state: StrandState, error: Exception) -> None:
         reason = f"{type(error).__name__}: {error}"

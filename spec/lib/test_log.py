@@ -8,6 +8,8 @@ configuration once capsys has put the real stream back.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -107,3 +109,27 @@ def test_enabled_follows_the_configured_level() -> None:
     assert enabled("info") and enabled("error") and not enabled("debug")
     configure("console", "debug")
     assert enabled("debug")
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_logged_tracebacks_carry_no_local_variables(
+        capsys: pytest.CaptureFixture[str], log_format: str) -> None:
+    """Locals hold master keys, client keys and stdin secrets."""
+    import structlog
+
+    from lib.log import configure
+
+    configure(log_format, "info")
+
+    def fails(secret: str) -> None:
+        key_material = secret * 2
+        raise RuntimeError("boom " + str(len(key_material)))
+
+    secret = os.urandom(8).hex()  # made at run time: the source lines shown hold no secret
+    try:
+        fails(secret)
+    except RuntimeError as error:
+        structlog.get_logger("spec").error("strand failed", exc_info=error)
+    written = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().err)  # colours
+    assert "boom 32" in written and "RuntimeError" in written
+    assert secret not in written
