@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -36,6 +36,7 @@ from lib.scheduling.watchdog import Watchdog
 
 log = get_logger(__name__)
 MIN_IDLE_SLEEP = 0.05
+LOCKED_MARGIN = timedelta(milliseconds=10)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class Dispatcher:
             await self._sleep(0.5 if free > 0 else self.settings.max_sleep)
             return
         low, high = self._range()
+        claiming_since = datetime.now(UTC)
         started = time.monotonic()
         rows = await raw.fetch(lease.CLAIM, low, high, self.membership.view.gone, free,
                                self.settings.lease_seconds, self.id, self.settings.jitter)
@@ -193,8 +195,12 @@ class Dispatcher:
         self._next_due = await raw.fetchval(lease.NEXT_DUE, low, high,
                                             self.membership.view.gone)
         seconds = self._seconds_until(self._next_due)
-        if not rows:  # due but not claimable (row-locked by a parent's reap): do not spin
-            seconds = max(seconds, MIN_IDLE_SLEEP)
+        if (not rows and self._next_due is not None
+                and self._next_due < claiming_since - LOCKED_MARGIN):
+            # It was due before we tried, and still nothing could be claimed: its row is
+            # locked (a parent's reap runs it). Do not spin; a strand that only just became
+            # due is claimed at once.
+            seconds = MIN_IDLE_SLEEP
         await self._sleep(seconds)
 
     def _seconds_until(self, when: datetime | None) -> float:

@@ -265,3 +265,41 @@ async def test_an_orphan_flagged_during_a_scan_round_is_released_in_the_next(
     finally:
         dispatcher.stop()
         await asyncio.wait_for(scan, 10)
+
+
+async def test_a_due_strand_locked_by_another_transaction_does_not_make_the_scan_spin(
+        engine: AsyncEngine) -> None:
+    """A parent's reap holds its due child's row locked for the length of its step."""
+    from lib.scheduling.membership import View
+    from lib.scheduling.metrics import RespirateMetrics
+
+    class Alive:
+        view = View()
+
+        def beat_age(self) -> float:
+            return 0.0
+
+    strand_id = await strands.create(engine, "popper",
+                                     schedule_sql="now() - interval '1 second'")
+    dispatcher = Dispatcher(engine, Settings(max_sleep=3600), uuid.uuid4(), Alive(),  # type: ignore[arg-type]
+                            RespirateMetrics(), None)  # type: ignore[arg-type]
+    rounds: list[int] = []
+    scan_once = dispatcher._scan_once
+
+    async def counted(raw: Any) -> None:
+        rounds.append(1)
+        await scan_once(raw)
+
+    dispatcher._scan_once = counted  # type: ignore[method-assign]
+    async with engine.connect() as locker:
+        from sqlalchemy import text
+
+        await locker.execute(text("SELECT 1 FROM strand WHERE id = :id FOR UPDATE"),
+                             {"id": strand_id})
+        scan = asyncio.create_task(dispatcher.scan_loop())
+        await asyncio.sleep(1.0)
+        dispatcher.stop()
+        await asyncio.wait_for(scan, 10)
+        await locker.rollback()
+    assert 2 <= len(rounds) <= 60  # ~20 at one round per 50 ms; spinning would be thousands
+    assert dispatcher.queue.empty()
