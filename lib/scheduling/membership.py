@@ -135,10 +135,15 @@ class Membership:
         while not self._stop.is_set():
             try:
                 await self._session()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except Exception as error:
+                # Never let the heartbeat die quietly: without it the process would stop
+                # stepping (fenced) and never exit.
                 if self._stop.is_set():
                     break
-                log.warning("respirate membership connection lost", error=str(error))
+                if isinstance(error, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+                    log.warning("respirate membership connection lost", error=str(error))
+                else:
+                    log.exception("unexpected respirate membership error")
                 await asyncio.sleep(1 + random.random())
 
     async def _session(self) -> None:
