@@ -13,6 +13,11 @@ from lib.ssh import Target
 from model.base import Base
 
 
+def client_key_where(host_id: uuid.UUID | str) -> str:
+    """The associated data binding a sealed client key to its row."""
+    return f"sshable.client_key_sealed:{host_id}"
+
+
 class Sshable(Base):
     __tablename__ = "sshable"
     __table_args__ = (UniqueConstraint("address", "port"),)
@@ -28,12 +33,8 @@ class Sshable(Base):
     client_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     client_public_key: Mapped[str]
 
-    def where(self) -> str:
-        """The associated data binding the sealed client key to this row."""
-        return f"sshable.client_key_sealed:{self.id}"
-
     def client_private_key(self, master_key: bytes) -> bytes:
-        return crypto.unseal(master_key, self.client_key_sealed, self.where())
+        return crypto.unseal(master_key, self.client_key_sealed, client_key_where(self.id))
 
     def target(self, master_key: bytes) -> Target:
         """How lib/ssh reaches this host, with the client key opened in memory."""

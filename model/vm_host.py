@@ -13,6 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from lib import crypto, ubid
 from lib.ssh import keys
 from model.base import Base
+from model.sshable import client_key_where
 
 STATES = ("bootstrapping", "ready", "unreachable", "refused")
 
@@ -51,7 +52,7 @@ async def assemble(connection: AsyncConnection, *, location: str, address: str, 
         raise HostRefused(f"invalid unix user {user!r}")
     try:
         pinned = [keys.normalize_host_key(host_key)] if host_key else []
-    except keys.KeyError_ as error:
+    except keys.HostKeyError as error:
         raise HostRefused(f"--host-key: {error}") from None
     location_id = (await connection.execute(
         text("SELECT id FROM location WHERE name = :name"), {"name": location})).scalar()
@@ -64,7 +65,7 @@ async def assemble(connection: AsyncConnection, *, location: str, address: str, 
         raise HostRefused(f"a host at {address}:{port} exists already")
     host_id = ubid.generate(ubid.TYPE_VM_HOST)
     private, public = keys.new_client_key()
-    sealed = crypto.seal(master_key, private, f"sshable.client_key_sealed:{host_id}")
+    sealed = crypto.seal(master_key, private, client_key_where(host_id))
     await connection.execute(text(
         "INSERT INTO vm_host (id, location_id) VALUES (:id, :location_id)"),
         {"id": host_id, "location_id": location_id})

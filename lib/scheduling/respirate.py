@@ -12,7 +12,6 @@ import signal
 from dataclasses import dataclass, field
 
 import asyncpg
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from lib import db, ubid
@@ -129,14 +128,3 @@ class Respirate:
             return False
         return all(task.exception() is None for task in done)
 
-
-async def probe(url: URL) -> int:
-    """How many strands are due now: a health check for operators."""
-    engine = db.create_engine(url, pool_size=1)
-    try:
-        async with engine.connect() as connection:
-            return int((await connection.execute(text(
-                "SELECT count(*) FROM strand WHERE exitval IS NULL AND schedule < now()"
-                " AND lease < now()"))).scalar_one())
-    finally:
-        await engine.dispose()

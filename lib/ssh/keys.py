@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncssh
 
 
-class KeyError_(ValueError):
+class HostKeyError(ValueError):
     """A key given by an operator is not a usable OpenSSH public key."""
 
 
@@ -20,5 +20,5 @@ def normalize_host_key(text: str) -> str:
     try:
         key = asyncssh.import_public_key(text.strip())
     except (asyncssh.KeyImportError, ValueError) as error:
-        raise KeyError_(f"not an OpenSSH public key: {error}") from None
+        raise HostKeyError(f"not an OpenSSH public key: {error}") from None
     return " ".join(key.export_public_key().decode().split()[:2])

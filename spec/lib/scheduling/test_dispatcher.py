@@ -228,10 +228,9 @@ async def test_workers_that_lose_their_connection_hand_their_strands_back(
                              f" orphans={dispatcher and dispatcher._orphans}") from None
 
 
-async def test_an_orphan_flagged_during_a_scan_round_is_released_in_the_next(
-        engine: AsyncEngine) -> None:
-    """A worker may flag an orphaned lease while the scan loop is mid-query; that wake must
-    not be lost (max_sleep is an hour: a lost wake leaves the loop asleep)."""
+def scan_only_dispatcher(engine: AsyncEngine) -> Dispatcher:
+    """A dispatcher for driving its scan loop alone: a membership that is always fresh, no
+    workers, and an hour-long idle sleep (so a lost wake shows as a hang)."""
     from lib.scheduling.membership import View
     from lib.scheduling.metrics import RespirateMetrics
 
@@ -241,8 +240,15 @@ async def test_an_orphan_flagged_during_a_scan_round_is_released_in_the_next(
         def beat_age(self) -> float:
             return 0.0
 
-    dispatcher = Dispatcher(engine, Settings(max_sleep=3600), uuid.uuid4(), Alive(),  # type: ignore[arg-type]
-                            RespirateMetrics(), None)  # type: ignore[arg-type]
+    return Dispatcher(engine, Settings(max_sleep=3600), uuid.uuid4(), Alive(),  # type: ignore[arg-type]
+                      RespirateMetrics(), None)  # type: ignore[arg-type]
+
+
+async def test_an_orphan_flagged_during_a_scan_round_is_released_in_the_next(
+        engine: AsyncEngine) -> None:
+    """A worker may flag an orphaned lease while the scan loop is mid-query; that wake must
+    not be lost (max_sleep is an hour: a lost wake leaves the loop asleep)."""
+    dispatcher = scan_only_dispatcher(engine)
     releases: list[int] = []
     release = dispatcher._release_orphans
 
@@ -270,19 +276,9 @@ async def test_an_orphan_flagged_during_a_scan_round_is_released_in_the_next(
 async def test_a_due_strand_locked_by_another_transaction_does_not_make_the_scan_spin(
         engine: AsyncEngine) -> None:
     """A parent's reap holds its due child's row locked for the length of its step."""
-    from lib.scheduling.membership import View
-    from lib.scheduling.metrics import RespirateMetrics
-
-    class Alive:
-        view = View()
-
-        def beat_age(self) -> float:
-            return 0.0
-
     strand_id = await strands.create(engine, "popper",
                                      schedule_sql="now() - interval '1 second'")
-    dispatcher = Dispatcher(engine, Settings(max_sleep=3600), uuid.uuid4(), Alive(),  # type: ignore[arg-type]
-                            RespirateMetrics(), None)  # type: ignore[arg-type]
+    dispatcher = scan_only_dispatcher(engine)
     rounds: list[int] = []
     scan_once = dispatcher._scan_once
 

@@ -12,6 +12,7 @@ from lib.scheduling.flow import Nap
 from lib.scheduling.runner import StrandRunner
 from lib.ssh import agent, keys
 from model import vm_host
+from model.sshable import client_key_where
 from spec.support import strands
 from spec.support.sshd import TestHost
 
@@ -154,7 +155,7 @@ async def test_the_client_key_is_stored_sealed(engine: AsyncEngine, ssh_host: Te
     sealed = await strands.scalar(engine, "SELECT client_key_sealed FROM sshable WHERE id = :id",
                                   id=host_id)
     assert b"PRIVATE KEY" not in sealed and sealed.startswith(b"v1")
-    opened = crypto.unseal(crypto.master_key(), sealed, f"sshable.client_key_sealed:{host_id}")
+    opened = crypto.unseal(crypto.master_key(), sealed, client_key_where(host_id))
     assert b"OPENSSH PRIVATE KEY" in opened
     with pytest.raises(crypto.SecretError, match="does not open"):
-        crypto.unseal(crypto.master_key(), sealed, "sshable.client_key_sealed:another-row")
+        crypto.unseal(crypto.master_key(), sealed, client_key_where("another-row"))
