@@ -45,10 +45,19 @@ class Config:
     environment: str
     log_format: str  # "json" or "console"
     log_level: str
+    max_capture_gib: int = 40  # the largest disk a version may be captured from
+    version_quota: int = 16  # versions per project, unless the project row says otherwise
 
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, str(default)).strip()
+    if not raw.isdigit() or int(raw) == 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:
@@ -62,6 +71,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     if log_level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"LOG_LEVEL must be a logging level name, got {log_level!r}")
     return Config(
+        max_capture_gib=_positive(env, "IMAGECP_MAX_CAPTURE_GIB", 40),
+        version_quota=_positive(env, "IMAGECP_VERSION_QUOTA", 16),
         database_url=normalize_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL)),
         environment=environment,
         log_format=log_format,

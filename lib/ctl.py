@@ -89,6 +89,9 @@ def host_add(
     user: Annotated[str, typer.Option(help="the account we log in as")] = "imagecp",
     host_key: Annotated[str | None, typer.Option(help="the host's public key, to pin")] = None,
     accept_new: Annotated[bool, typer.Option(help="pin the first key the host shows")] = False,
+    python: Annotated[str, typer.Option(
+        help="the host's Python for the agent (with zstandard, cryptography, obstore)")
+    ] = "python3",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Add a host and start bootstrapping it. Prints the public key the host must authorize."""
@@ -96,7 +99,8 @@ def host_add(
     async def add(connection: AsyncConnection) -> tuple[Any, str]:
         return await vm_host.assemble(connection, location=location, address=address,
                                       port=port, user=user, host_key=host_key,
-                                      accept_new=accept_new, master_key=crypto.master_key())
+                                      accept_new=accept_new, python=python,
+                                      master_key=crypto.master_key())
 
     host_id, public = _in_transaction(add)
     if as_json:

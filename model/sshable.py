@@ -32,6 +32,8 @@ class Sshable(Base):
     accept_new: Mapped[bool] = mapped_column(server_default="false")
     client_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     client_public_key: Mapped[str]
+    # Runs the agent; a Python with zstandard, cryptography and obstore.
+    python: Mapped[str] = mapped_column(server_default="python3")
 
     def client_private_key(self, master_key: bytes) -> bytes:
         return crypto.unseal(master_key, self.client_key_sealed, client_key_where(self.id))
@@ -40,4 +42,4 @@ class Sshable(Base):
         """How lib/ssh reaches this host, with the client key opened in memory."""
         return Target(id=self.id, address=self.address, port=self.port, user=self.unix_user,
                       host_keys=tuple(self.host_keys), accept_new=self.accept_new,
-                      client_key=self.client_private_key(master_key))
+                      client_key=self.client_private_key(master_key), python=self.python)

@@ -36,7 +36,7 @@ class HostRefused(ValueError):
 
 async def assemble(connection: AsyncConnection, *, location: str, address: str, port: int = 22,
                    user: str = "imagecp", host_key: str | None = None, accept_new: bool = False,
-                   master_key: bytes) -> tuple[uuid.UUID, str]:
+                   python: str = "python3", master_key: bytes) -> tuple[uuid.UUID, str]:
     """Add a host and start its bootstrap strand, in one transaction (the caller's).
 
     Returns the host's id and the public key the host must authorize for `user`.
@@ -50,6 +50,8 @@ async def assemble(connection: AsyncConnection, *, location: str, address: str, 
         raise HostRefused(f"port must be between 1 and 65535, got {port}")
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         raise HostRefused(f"invalid unix user {user!r}")
+    if not python.strip() or any(c.isspace() or c in "'\"\\" for c in python):
+        raise HostRefused(f"invalid python {python!r}: a command name or an absolute path")
     try:
         pinned = [keys.normalize_host_key(host_key)] if host_key else []
     except keys.HostKeyError as error:
@@ -71,10 +73,10 @@ async def assemble(connection: AsyncConnection, *, location: str, address: str, 
         {"id": host_id, "location_id": location_id})
     await connection.execute(text(
         "INSERT INTO sshable (id, address, port, unix_user, host_keys, accept_new,"
-        " client_key_sealed, client_public_key) VALUES (:id, :address, :port, :user, :keys,"
-        " :accept_new, :sealed, :public)"),
+        " client_key_sealed, client_public_key, python) VALUES (:id, :address, :port, :user,"
+        " :keys, :accept_new, :sealed, :public, :python)"),
         {"id": host_id, "address": address, "port": port, "user": user, "keys": pinned,
-         "accept_new": accept_new, "sealed": sealed, "public": public})
+         "accept_new": accept_new, "sealed": sealed, "public": public, "python": python})
     await connection.execute(text(
         "INSERT INTO strand (id, prog, label) VALUES (:id, 'Host.Bootstrap', 'start')"),
         {"id": host_id})

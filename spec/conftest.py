@@ -56,7 +56,9 @@ async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         async with engine.begin() as connection:
             await connection.execute(
                 text("TRUNCATE strand, semaphore, page, respirate_process, sshable, vm_host,"
-                     " location CASCADE"))
+                     " location, project, vm, vm_storage_volume, machine_image_store,"
+                     " storage_key_encryption_key, machine_image, machine_image_version,"
+                     " machine_image_version_metal CASCADE"))
 
 
 @pytest.fixture

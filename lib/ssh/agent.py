@@ -17,6 +17,8 @@ SOURCE = Path(__file__).resolve().parent.parent / "host"
 HOME = ".imagecp/agent"
 AGENT = f"{HOME}/current/agent.py"
 MIN_PYTHON = (3, 9)
+# The archive commands need these; the unit runner needs only the standard library.
+MODULES = ("zstandard", "cryptography", "obstore")
 
 
 @cache
@@ -38,11 +40,13 @@ async def installed_version(target: Target) -> str | None:
 
 
 async def check_prerequisites(target: Target) -> None:
-    """Raises SshCommandFailed naming what the host lacks."""
-    await cmd(target, "python3 -c :code", code=(
-        "import sys; v = sys.version_info[:2]; "
-        f"sys.exit(0 if v >= {MIN_PYTHON} else 'python3 is ' + '.'.join(map(str, v)) + "
-        f"', the agent needs {'.'.join(map(str, MIN_PYTHON))}')"))
+    """Raises SshCommandFailed naming what the host's Python lacks."""
+    await cmd(target, ":python -c :code", python=target.python, code=(
+        "import sys, importlib.util as u; v = sys.version_info[:2]; "
+        f"missing = [m for m in {MODULES!r} if u.find_spec(m) is None]; "
+        f"sys.exit(sys.executable + ' is ' + '.'.join(map(str, v)) + ', the agent needs "
+        f"{'.'.join(map(str, MIN_PYTHON))}' if v < {MIN_PYTHON} else "
+        "sys.executable + ' lacks the modules ' + ', '.join(missing) if missing else 0)"))
 
 
 async def deploy(target: Target) -> str:
@@ -61,12 +65,12 @@ async def unit(target: Target, command: str, name: str) -> str:
     """`check`, `clean`, `stop` or `logs` of a unit; returns what the agent printed."""
     if command not in ("check", "clean", "stop", "logs"):
         raise ValueError(f"unknown unit command {command!r}")
-    return await cmd(target, "python3 :agent unit :command :name", agent=AGENT, command=command,
-                     name=name)
+    return await cmd(target, ":python :agent unit :command :name", python=target.python,
+                     agent=AGENT, command=command, name=name)
 
 
 async def run_unit(target: Target, name: str, argv: list[str], *,
                    stdin: bytes | str | None = None) -> None:
     """Start a detached unit; `stdin` (a secret) reaches its command only through pipes."""
-    await cmd(target, "python3 :agent unit run :name -- :shelljoin_argv", agent=AGENT,
-              name=name, argv=argv, stdin=stdin if stdin is not None else "")
+    await cmd(target, ":python :agent unit run :name -- :shelljoin_argv", python=target.python,
+              agent=AGENT, name=name, argv=argv, stdin=stdin if stdin is not None else "")

@@ -57,6 +57,7 @@ class Target:
     host_keys: tuple[str, ...]
     accept_new: bool
     client_key: bytes = field(repr=False)
+    python: str = "python3"  # runs the agent; has zstandard, cryptography and obstore
 
     @property
     def name(self) -> str:

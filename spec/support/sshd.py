@@ -3,6 +3,7 @@ with generated host and client keys, logging in a dedicated account with a plain
 
 from __future__ import annotations
 
+import os
 import pwd
 import socket
 import subprocess
@@ -31,6 +32,15 @@ def ensure_host_user() -> str:
     if shadow.get(HOST_USER) != "*":  # rewriting /etc/shadow races logins in progress
         subprocess.run(["usermod", "--password", "*", HOST_USER], check=True)
     return HOST_USER
+
+
+def host_python() -> str:
+    """The test hosts' Python with the agent's archive modules (bin/setup-env makes it)."""
+    path = os.environ.get("IMAGECP_TEST_HOST_PYTHON", "")
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError("IMAGECP_TEST_HOST_PYTHON is unset or not executable:"
+                           " run the tests with bin/test, which creates var/host-python")
+    return path
 
 
 def free_port(address: str) -> int:
@@ -132,7 +142,8 @@ def start_host(directory: Path, index: int) -> TestHost:
     private, public = client_key()
     host = TestHost(directory, address, port, Target(
         id=ubid.generate(ubid.TYPE_VM_HOST), address=address, port=port, user=HOST_USER,
-        host_keys=(), accept_new=False, client_key=private), client_public=public)
+        host_keys=(), accept_new=False, client_key=private, python=host_python()),
+        client_public=public)
     host.new_host_key()
     host.authorize(public)
     host.target = host.with_pins(host.host_key)

@@ -21,6 +21,7 @@ async def add_host(engine: AsyncEngine, host: TestHost, **options: Any) -> Any:
     await strands.execute(engine, "INSERT INTO location (id, name) VALUES"
                           " (gen_random_uuid(), 'lab') ON CONFLICT DO NOTHING")
     options.setdefault("host_key", host.host_key)
+    options.setdefault("python", host.target.python)
     async with engine.begin() as connection:
         host_id, public = await vm_host.assemble(
             connection, location="lab", address=host.address, port=host.port,

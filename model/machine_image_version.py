@@ -1,0 +1,188 @@
+"""`machine_image_version`: one labelled capture of a machine image; and how one starts.
+
+`assemble` is the one way a capture begins, shared by the API and the CLI: in the caller's
+transaction it runs the reference's checks in the reference's order, and either writes the
+version, its key, its metal record (pinning the VM) and its strand, or raises and writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Mapped, mapped_column
+
+from lib import ubid
+from lib.errors import InvalidLocation, InvalidRequest, ResourceNotFound
+from model import machine_image, machine_image_store, project, semaphore
+from model import storage_key_encryption_key as kek
+from model import vm as vms
+from model.base import Base
+
+LABEL = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}")
+LABEL_ERROR = ("version must start with a letter or number and may contain ASCII letters,"
+               " numbers, dot, hyphen, and underscore (max 64 characters).")
+PROG = "MachineImage.VersionNexus"
+GIB = 1 << 30
+
+
+class MachineImageVersion(Base):
+    __tablename__ = "machine_image_version"
+    __table_args__ = (UniqueConstraint("machine_image_id", "version"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    machine_image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("machine_image.id"))
+    version: Mapped[str] = mapped_column(String(collation="C"))
+    # The captured disk's virtual size; a disk restored from it needs at least this much.
+    actual_size_mib: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+def default_label(now: datetime | None = None) -> str:
+    """The label of a version created without one: UTC time as 14 digits."""
+    return (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
+
+
+def check_label(label: str) -> str:
+    if not LABEL.fullmatch(label):
+        raise InvalidRequest(LABEL_ERROR)
+    return label
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A request to capture a version of `image` (name or id) from the stopped VM `vm`."""
+
+    project_id: uuid.UUID
+    location: str
+    image: str
+    vm: str
+    version: str | None = None
+    destroy_source: bool = False
+    set_as_latest: bool = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_capture_gib: int
+    default_version_quota: int
+
+
+async def _location_id(connection: AsyncConnection, name: str) -> uuid.UUID:
+    found = (await connection.execute(text("SELECT id FROM location WHERE name = :name"),
+                                      {"name": name})).scalar()
+    if found is None:
+        names = (await connection.execute(text("SELECT name FROM location ORDER BY name"))
+                 ).scalars().all()
+        raise InvalidLocation(list(names))
+    return uuid.UUID(str(found))
+
+
+async def _source_vm(connection: AsyncConnection, capture: Capture,
+                     location_id: uuid.UUID) -> uuid.UUID:
+    try:
+        vm_id = ubid.to_uuid(capture.vm)
+    except ubid.UbidParseError:
+        raise InvalidRequest("Value provided not a valid id for parameter vm") from None
+    found = (await connection.execute(text(
+        "SELECT 1 FROM vm WHERE id = :id AND project_id = :project_id"
+        " AND location_id = :location_id"),
+        {"id": vm_id, "project_id": capture.project_id, "location_id": location_id})).scalar()
+    if not found:
+        raise InvalidRequest("Source VM not found")
+    return vm_id
+
+
+async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arch: str,
+                        max_gib: int) -> uuid.UUID:
+    """Lock the VM and check it can be captured; returns its host."""
+    vm = (await connection.execute(text("SELECT * FROM vm WHERE id = :id FOR UPDATE"),
+                                   {"id": vm_id})).one()
+    if await vms.is_pinned(connection, vm_id):
+        raise InvalidRequest(
+            "Another machine image version is already being captured from this source VM")
+    if vm.arch != image_arch:
+        raise InvalidRequest(
+            f"Source VM arch ({vm.arch}) does not match machine image arch ({image_arch})")
+    if vm.vm_host_id is None:
+        raise InvalidRequest("Source VM must be a metal VM")
+    sizes = (await connection.execute(text(
+        "SELECT size_bytes FROM vm_storage_volume WHERE vm_id = :id"), {"id": vm_id})
+             ).scalars().all()
+    if len(sizes) != 1:
+        raise InvalidRequest("Source VM must have only one storage volume")
+    if await vms.display_state(connection, vm_id) != "stopped":
+        raise InvalidRequest("Source VM must be stopped")
+    if sizes[0] > max_gib * GIB:
+        raise InvalidRequest(f"Source VM's storage volume is larger than {max_gib} GiB")
+    return uuid.UUID(str(vm.vm_host_id))
+
+
+async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits, *,
+                   master_key: bytes) -> uuid.UUID:
+    """Start capturing a version; returns its id. Raises an ApiError and writes nothing."""
+    await project.lock(connection, capture.project_id)
+    location_id = await _location_id(connection, capture.location)
+    image_id = await machine_image.lookup(connection, capture.project_id, location_id,
+                                          capture.image)
+    label = check_label(capture.version or default_label())
+    taken = (await connection.execute(text(
+        "SELECT 1 FROM machine_image_version WHERE machine_image_id = :image_id"
+        " AND version = :label"), {"image_id": image_id, "label": label})).scalar()
+    if taken:
+        raise InvalidRequest(f"Version {label} already exists for this machine image")
+    vm_id = await _source_vm(connection, capture, location_id)
+    await project.check_version_quota(connection, capture.project_id,
+                                      limits.default_version_quota)
+    store_id = await machine_image_store.resolve(connection, capture.project_id, location_id)
+    if store_id is None:
+        raise InvalidRequest("No machine image store configured for this location")
+    image_arch = (await connection.execute(text(
+        "SELECT arch FROM machine_image WHERE id = :id"), {"id": image_id})).scalar_one()
+    host_id = await _check_source(connection, vm_id, image_arch, limits.max_capture_gib)
+
+    version_id = ubid.generate_from_time(ubid.TYPE_MACHINE_IMAGE_VERSION)
+    version_ubid = ubid.to_ubid(version_id)
+    await connection.execute(text(
+        "INSERT INTO machine_image_version (id, machine_image_id, version)"
+        " VALUES (:id, :image_id, :label)"),
+        {"id": version_id, "image_id": image_id, "label": label})
+    kek_id = await kek.create(connection, f"machine_image_version_{version_ubid}_{label}",
+                              master_key)
+    prefix = f"{ubid.to_ubid(capture.project_id)}/{ubid.to_ubid(image_id)}/{label}/"
+    await connection.execute(text(
+        "INSERT INTO machine_image_version_metal (id, status, archive_kek_id, store_id,"
+        " store_prefix, pinned_source_vm_id) VALUES (:id, 'creating', :kek_id, :store_id,"
+        " :prefix, :vm_id)"),
+        {"id": version_id, "kek_id": kek_id, "store_id": store_id, "prefix": prefix,
+         "vm_id": vm_id})
+    frame = {"source_vm_id": ubid.to_ubid(vm_id), "vm_host_id": ubid.to_ubid(host_id),
+             "destroy_source_after": capture.destroy_source,
+             "set_as_latest": capture.set_as_latest}
+    await connection.execute(text(
+        "INSERT INTO strand (id, prog, label, stack) VALUES (:id, :prog, 'archive',"
+        " jsonb_build_array(CAST(:frame AS jsonb)))"),
+        {"id": version_id, "prog": PROG, "frame": json.dumps(frame)})
+    return version_id
+
+
+async def request_destroy(connection: AsyncConnection, image_id: uuid.UUID,
+                          label: str) -> uuid.UUID:
+    """Ask a version's strand to destroy it; allowed in every state, idempotent."""
+    row = (await connection.execute(text(
+        "SELECT v.id, m.id AS metal_id FROM machine_image_version v"
+        " LEFT JOIN machine_image_version_metal m ON m.id = v.id"
+        " WHERE v.machine_image_id = :image_id AND v.version = :label"),
+        {"image_id": image_id, "label": label})).one_or_none()
+    if row is None:
+        raise ResourceNotFound("Machine image version not found")
+    if row.metal_id is None:
+        raise InvalidRequest("Version has no metal record to destroy")
+    await semaphore.incr(connection, row.id, "destroy")
+    return uuid.UUID(str(row.id))
