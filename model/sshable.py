@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lib import crypto
@@ -43,3 +44,10 @@ class Sshable(Base):
         return Target(id=self.id, address=self.address, port=self.port, user=self.unix_user,
                       host_keys=tuple(self.host_keys), accept_new=self.accept_new,
                       client_key=self.client_private_key(master_key), python=self.python)
+
+
+async def target_of(connection: AsyncConnection, host_id: uuid.UUID) -> Target:
+    """How to reach a host, with its client key opened under the configured master key."""
+    row = (await connection.execute(text("SELECT * FROM sshable WHERE id = :id"),
+                                    {"id": host_id})).one()
+    return Sshable(**row._mapping).target(crypto.master_key())

@@ -107,3 +107,6 @@ def ssh_hosts() -> Iterator[Callable[[int], list[Any]]]:
 @pytest.fixture
 def ssh_host(ssh_hosts: Callable[[int], list[Any]]) -> Any:
     return ssh_hosts(1)[0]
+
+
+from spec.support.world import seeded, world  # noqa: E402, F401  (fixtures)

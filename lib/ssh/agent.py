@@ -7,7 +7,9 @@ sees the difference and deploys again. Commands run from the account's home dire
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from functools import cache
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from lib.ssh.session import Target, cmd
 SOURCE = Path(__file__).resolve().parent.parent / "host"
 HOME = ".imagecp/agent"
 AGENT = f"{HOME}/current/agent.py"
+UNITS = ".imagecp/units"  # the agent's default unit root, relative to the home directory
 MIN_PYTHON = (3, 9)
 # The archive commands need these; the unit runner needs only the standard library.
 MODULES = ("zstandard", "cryptography", "obstore")
@@ -61,6 +64,11 @@ async def deploy(target: Target) -> str:
     return version()
 
 
+def unit_file(name: str, file: str) -> str:
+    """A file in a unit's state directory: it goes when the unit is cleaned."""
+    return f"{UNITS}/{name}/{file}"
+
+
 async def unit(target: Target, command: str, name: str) -> str:
     """`check`, `clean`, `stop` or `logs` of a unit; returns what the agent printed."""
     if command not in ("check", "clean", "stop", "logs"):
@@ -74,3 +82,31 @@ async def run_unit(target: Target, name: str, argv: list[str], *,
     """Start a detached unit; `stdin` (a secret) reaches its command only through pipes."""
     await cmd(target, ":python :agent unit run :name -- :shelljoin_argv", python=target.python,
               agent=AGENT, name=name, argv=argv, stdin=stdin if stdin is not None else "")
+
+
+def archive_secrets(store: dict[str, str], prefix: str, kek: bytes) -> str:
+    """What the archive commands read on stdin: where the archive is and its key."""
+    return json.dumps({"store": store, "prefix": prefix, "kek": base64.b64encode(kek).decode()})
+
+
+async def start_archive(target: Target, name: str, disk: str, secrets: str) -> None:
+    """Start archiving `disk` as unit `name`; its stats and progress files live in the unit."""
+    await run_unit(target, name, [
+        target.python, AGENT, "archive", "create", "--disk", disk,
+        "--stats", unit_file(name, "stats.json"), "--progress", unit_file(name, "progress.json")],
+        stdin=secrets)
+
+
+async def archive_stats(target: Target, name: str) -> dict[str, int]:
+    out = await cmd(target, "cat :path", path=unit_file(name, "stats.json"))
+    stats: dict[str, int] = json.loads(out)
+    return stats
+
+
+async def archive_tool(target: Target, command: str, secrets: str, *args: str) -> str:
+    """Run `archive restore --output PATH` or `archive verify` on the host, in the session."""
+    if command not in ("restore", "verify"):
+        raise ValueError(f"unknown archive command {command!r}")
+    return await cmd(target, ":python :agent archive :command :shelljoin_args",
+                     python=target.python, agent=AGENT, command=command, args=list(args),
+                     stdin=secrets)

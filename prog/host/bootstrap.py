@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from lib import crypto, ssh
+from lib import ssh
 from lib.ssh import agent
-from model.sshable import Sshable
+from model.sshable import target_of
 from prog.base import Prog, label
 
 UNREACHABLE_RETRY = 60
@@ -21,9 +21,7 @@ CHECK_AGENT_EVERY = 3600
 
 class Bootstrap(Prog):
     async def _target(self) -> ssh.Target:
-        row = (await self.connection.execute(
-            text("SELECT * FROM sshable WHERE id = :id"), {"id": self.strand_id})).one()
-        return Sshable(**row._mapping).target(crypto.master_key())
+        return await target_of(self.connection, self.strand_id)
 
     async def _state(self, state: str, reason: str | None = None) -> None:
         await self.connection.execute(

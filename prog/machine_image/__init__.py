@@ -1,0 +1,1 @@
+"""Progs that drive machine images and their versions."""

@@ -1,0 +1,1 @@
+"""Progs that drive VMs."""

@@ -1,0 +1,187 @@
+"""MachineImage.VersionNexus against a real sshd host, real disk files and a directory store:
+capture, restore, destroy, retries and failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from lib import crypto, ubid
+from lib.scheduling.runner import StrandRunner
+from lib.ssh import agent
+from model import machine_image_store
+from model import machine_image_version as versions
+from model import storage_key_encryption_key as kek
+from spec.support import strands
+from spec.support.world import MIB, World, drive, sha256_of
+
+HOME = Path("/home/imagecp")
+
+
+async def version_row(world: World, version_id: uuid.UUID) -> Any:
+    async with world.engine.connect() as connection:
+        return (await connection.execute(text(
+            "SELECT v.version, v.actual_size_mib, m.status, m.archive_size_mib, m.store_prefix,"
+            " m.pinned_source_vm_id, m.failure_reason, m.archive_kek_id, m.store_id"
+            " FROM machine_image_version v LEFT JOIN machine_image_version_metal m USING (id)"
+            " WHERE v.id = :id"), {"id": version_id})).one_or_none()
+
+
+async def latest(world: World) -> Any:
+    return await strands.scalar(world.engine, "SELECT latest_version_id FROM machine_image"
+                                " WHERE id = :id", id=world.image_id)
+
+
+async def secrets_of(world: World, version_id: uuid.UUID) -> str:
+    row = await version_row(world, version_id)
+    async with world.engine.connect() as connection:
+        store = await machine_image_store.description(connection, row.store_id,
+                                                      crypto.master_key())
+        key = await kek.key(connection, row.archive_kek_id, crypto.master_key())
+    return agent.archive_secrets(store, row.store_prefix, key)
+
+
+def stored_bytes(world: World, prefix: str) -> int:
+    return sum((world.store / name).stat().st_size for name in world.objects(prefix))
+
+
+async def test_a_capture_archives_the_disk_and_a_restore_gives_it_back_bit_for_bit(
+        world: World, runner: StrandRunner) -> None:
+    size = 24 * MIB + 12345  # not a whole number of chunks or MiB
+    vm_id, _, digest = await world.vm("src", size=size,
+                                      extents=[(0, MIB), (9 * MIB, 5 * MIB), (size - 100, 100)])
+    version_id = await world.capture(vm_id, "v1")
+    await drive(runner, world.engine, version_id, "wait")
+    row = await version_row(world, version_id)
+    assert (row.status, row.pinned_source_vm_id, row.failure_reason) == ("ready", None, None)
+    assert row.actual_size_mib == 25  # ceil(virtual bytes / MiB)
+    stored = stored_bytes(world, row.store_prefix)
+    assert row.archive_size_mib == -(-stored // MIB)
+    assert stored < 8 * MIB  # holes and zero chunks cost nothing
+    assert f"{row.store_prefix}manifest.json" in world.objects()
+    assert await latest(world) == version_id
+    # The unit, its stats and its progress are gone from the host.
+    assert not (HOME / ".imagecp/units" / f"archive_{ubid.to_ubid(version_id)}").exists()
+
+    assert world.host is not None
+    restored = world.disks / "restored.raw"
+    await agent.archive_tool(world.host.target, "restore", await secrets_of(world, version_id),
+                             "--output", str(restored))
+    assert sha256_of(restored) == digest
+    assert restored.stat().st_size == size
+    # Sparse: only the 4 MiB chunks holding data (0, 2, 3 and 6) are allocated.
+    assert restored.stat().st_blocks * 512 <= 4 * 4 * MIB
+    out = await agent.archive_tool(world.host.target, "verify",
+                                   await secrets_of(world, version_id))
+    assert out.strip()
+
+
+async def test_destroy_source_removes_the_vm_and_its_disk_after_the_capture(
+        world: World, runner: StrandRunner) -> None:
+    vm_id, disk, _ = await world.vm("src")
+    version_id = await world.capture(vm_id, "v1", destroy_source=True)
+    await drive(runner, world.engine, version_id, "wait")
+    assert await strands.scalar(world.engine, "SELECT count(*) FROM semaphore WHERE"
+                                " strand_id = :id AND name = 'destroy'", id=vm_id) == 1
+    assert await drive(runner, world.engine, vm_id, None) is None
+    assert not disk.exists()
+    for table, column in (("vm", "id"), ("vm_storage_volume", "vm_id")):
+        assert await strands.scalar(world.engine, f"SELECT count(*) FROM {table}"
+                                    f" WHERE {column} = :id", id=vm_id) == 0
+
+
+async def test_destroying_a_version_removes_its_objects_and_rows_and_moves_latest(
+        world: World, runner: StrandRunner) -> None:
+    ids = {}
+    for label in ("v1", "v10", "v1.1"):
+        vm_id, _, _ = await world.vm(f"src-{label.replace('.', '-')}")
+        ids[label] = await world.capture(vm_id, label)
+        await drive(runner, world.engine, ids[label], "wait")
+    assert await latest(world) == ids["v1.1"]
+    prefixes = {label: (await version_row(world, ids[label])).store_prefix for label in ids}
+    kept = world.objects(prefixes["v10"]) + world.objects(prefixes["v1.1"])
+    kek_id = (await version_row(world, ids["v1.1"])).archive_kek_id
+
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1.1")
+    assert await drive(runner, world.engine, ids["v1.1"], None) is None
+    assert await version_row(world, ids["v1.1"]) is None
+    assert await strands.scalar(world.engine, "SELECT count(*) FROM storage_key_encryption_key"
+                                " WHERE id = :id", id=kek_id) == 0
+    assert world.objects(prefixes["v1.1"]) == []
+    assert not (world.store / prefixes["v1.1"]).exists()
+    assert await latest(world) == ids["v10"]  # the newest ready sibling
+
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+    assert await drive(runner, world.engine, ids["v1"], None) is None
+    # Prefixes end in "/": destroying v1 leaves v10 (and v1.1's were gone already).
+    assert world.objects(prefixes["v10"]) == [k for k in kept if k.startswith(prefixes["v10"])]
+    assert world.objects(prefixes["v10"])
+    assert await latest(world) == ids["v10"]
+
+
+async def test_destroy_while_archiving_stops_the_unit_and_unpins_the_vm(
+        world: World, runner: StrandRunner) -> None:
+    vm_id, disk, _ = await world.vm("src", size=64 * MIB, extents=[(0, 64 * MIB)])
+    version_id = await world.capture(vm_id, "v1", destroy_source=True)
+    await runner.run(version_id)  # starts the archive unit
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+    assert await drive(runner, world.engine, version_id, None) is None
+    assert world.objects() == []
+    assert disk.exists()  # destroy_source acts only on success
+    assert await strands.scalar(world.engine, "SELECT count(*) FROM machine_image_version_metal"
+                                ) == 0
+    assert not (HOME / ".imagecp/units" / f"archive_{ubid.to_ubid(version_id)}").exists()
+
+
+async def test_an_archive_killed_on_the_host_is_retried_and_completes(
+        world: World, runner: StrandRunner) -> None:
+    vm_id, _, digest = await world.vm("src", size=256 * MIB, extents=[(0, 256 * MIB)])
+    version_id = await world.capture(vm_id, "v1")
+    await runner.run(version_id)  # starts the archive unit
+    unit = HOME / ".imagecp/units" / f"archive_{ubid.to_ubid(version_id)}"
+    os.killpg(int((unit / "pid").read_text()), signal.SIGKILL)
+    await drive(runner, world.engine, version_id, "wait", seconds=120)
+    row = await version_row(world, version_id)
+    frame = (await strands.row(world.engine, version_id)).stack[0]
+    assert row.status == "ready"
+    assert frame["archive_failures"] == 1
+    assert world.host is not None
+    restored = world.disks / "restored.raw"
+    await agent.archive_tool(world.host.target, "restore", await secrets_of(world, version_id),
+                             "--output", str(restored))
+    assert sha256_of(restored) == digest
+
+
+async def test_three_failures_mark_the_version_failed_and_remove_partial_objects(
+        world: World, runner: StrandRunner, logs: list[Any]) -> None:
+    vm_id, _, _ = await world.vm("src")
+    version_id = await world.capture(vm_id, "v1")
+    prefix = (await version_row(world, version_id)).store_prefix
+    # A directory where the manifest goes: every chunk uploads, the manifest cannot.
+    (world.store / prefix / "manifest.json").mkdir(parents=True)
+    for directory in (world.store / prefix).parents:  # the prefix is the host account's
+        if directory == world.store:
+            break
+        shutil.chown(directory, "imagecp", "imagecp")
+    shutil.chown(world.store / prefix, "imagecp", "imagecp")
+    await drive(runner, world.engine, version_id, "failed")
+    row = await version_row(world, version_id)
+    assert (row.status, row.pinned_source_vm_id) == ("failed", None)
+    assert row.failure_reason.startswith("archive failed 3 times; last: ")
+    assert "manifest" in row.failure_reason
+    assert world.objects(prefix) == []
+    assert [e["attempt"] for e in logs if e["event"] == "archive failed"] == [1, 2, 3]
+    # The VM is free again; a failed version is destroyed like any other.
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+    assert await drive(runner, world.engine, version_id, None) is None
+    assert await version_row(world, version_id) is None
