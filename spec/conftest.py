@@ -109,4 +109,6 @@ def ssh_host(ssh_hosts: Callable[[int], list[Any]]) -> Any:
     return ssh_hosts(1)[0]
 
 
-from spec.support.world import seeded, world  # noqa: E402, F401  (fixtures)
+from spec.support.processes import spawn  # noqa: E402, F401  (fixtures)
+from spec.support.s3 import s3_server  # noqa: E402, F401  (a fixture: spec/support/s3.py)
+from spec.support.world import seeded, world  # noqa: E402, F401

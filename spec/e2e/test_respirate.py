@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,24 +20,6 @@ from lib import db, migrations
 from spec.support import strands
 from spec.support.pgcluster import Cluster
 from spec.support.processes import ROOT, RespirateProcess, eventually
-
-QUICK = {"heartbeat_interval": 0.5, "member_stale": 2.0, "holder_stale": 3.0,
-         "fence_after": 2.5, "loop_block_limit": 2.0}
-
-
-@pytest.fixture
-def spawn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., RespirateProcess]]:
-    spawned: list[RespirateProcess] = []
-
-    def start(*args: str, url: str | None = None, **settings: object) -> RespirateProcess:
-        process = RespirateProcess(url or database_url, tmp_path, *args,
-                                   settings={**QUICK, **settings})
-        spawned.append(process)
-        return process
-
-    yield start
-    for process in spawned:
-        process.stop()
 
 
 @pytest.fixture

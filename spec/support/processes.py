@@ -9,11 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+# Membership and watchdog settings short enough for tests to see them act.
+QUICK = {"heartbeat_interval": 0.5, "member_stale": 2.0, "holder_stale": 3.0,
+         "fence_after": 2.5, "loop_block_limit": 2.0}
 
 
 class RespirateProcess:
@@ -70,3 +77,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], limit: float = 60,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {limit} s")
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def spawn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., RespirateProcess]]:
+    """Start bin/respirate processes (QUICK settings unless overridden); killed afterwards."""
+    spawned: list[RespirateProcess] = []
+
+    def start(*args: str, url: str | None = None, **settings: object) -> RespirateProcess:
+        process = RespirateProcess(url or database_url, tmp_path, *args,
+                                   settings={**QUICK, **settings})
+        spawned.append(process)
+        return process
+
+    yield start
+    for process in spawned:
+        process.stop()

@@ -48,12 +48,16 @@ def make_disk(path: Path, size: int, extents: Iterable[tuple[int, int]] = (),
     import random
 
     generator = random.Random(seed)
+    # Long extents repeat one random 8 MiB block (+ a varying tag): quick to write, and
+    # still costly to archive, since chunks are compressed one by one.
+    block = generator.randbytes(8 * MIB)
     with open(path, "wb") as disk:
         disk.truncate(size)
         for offset, length in extents:
             disk.seek(offset)
-            for start in range(0, length, 4 * MIB):
-                disk.write(generator.randbytes(min(4 * MIB, length - start)))
+            for start in range(0, length, len(block)):
+                piece = start.to_bytes(8, "little") + block[8:]
+                disk.write(piece[:min(len(block), length - start)])
     account = pwd.getpwnam(HOST_USER)
     os.chown(path, account.pw_uid, account.pw_gid)
     return sha256_of(path)

@@ -1,0 +1,167 @@
+"""Captures run by bin/respirate processes against a real sshd host and real stores:
+the seed's whole path, a respirate killed mid-archive, an SSH cut mid-archive, and S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from lib import crypto, ubid
+from lib.ssh import agent
+from model import machine_image_store
+from model import machine_image_version as versions
+from model import storage_key_encryption_key as kek
+from spec.support import strands
+from spec.support.processes import RespirateProcess, eventually
+from spec.support.s3 import S3Server
+from spec.support.sshd import sessions_of
+from spec.support.world import MIB, World, sha256_of
+
+HOME = Path("/home/imagecp")
+BIG = 1536 * MIB  # an archive that lasts a few seconds here
+
+
+async def status(world: World, version_id: Any) -> str | None:
+    return await strands.scalar(world.engine, "SELECT status FROM machine_image_version_metal"
+                                " WHERE id = :id", id=version_id)
+
+
+async def until_status(world: World, version_id: Any, wanted: str, limit: float = 120) -> None:
+    async def reached() -> bool:
+        return await status(world, version_id) == wanted
+    await eventually(reached, limit, f"version {wanted}")
+
+
+def progress_file(version_id: Any) -> Path:
+    return HOME / ".imagecp/units" / f"archive_{ubid.to_ubid(version_id)}" / "progress.json"
+
+
+async def mid_archive(version_id: Any) -> None:
+    """Until the host agent reports some but not all bytes done."""
+    async def halfway() -> bool:
+        try:
+            progress = json.loads(progress_file(version_id).read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(0 < progress["bytes_done"] < progress["bytes_total"])
+    await eventually(halfway, 60, "archive in progress")
+
+
+async def restore(world: World, version_id: Any, output: Path) -> str:
+    async with world.engine.connect() as connection:
+        row = (await connection.execute(text(
+            "SELECT store_id, store_prefix, archive_kek_id FROM machine_image_version_metal"
+            " WHERE id = :id"), {"id": version_id})).one()
+        store = await machine_image_store.description(connection, row.store_id,
+                                                      crypto.master_key())
+        key = await kek.key(connection, row.archive_kek_id, crypto.master_key())
+    assert world.host is not None
+    await agent.archive_tool(world.host.target, "restore",
+                             agent.archive_secrets(store, row.store_prefix, key),
+                             "--output", str(output))
+    return sha256_of(output)
+
+
+async def test_respirate_captures_a_stopped_vm_then_destroys_the_version(
+        world: World, spawn: Callable[..., RespirateProcess]) -> None:
+    size = 20 * MIB + 1
+    vm_id, disk, digest = await world.vm("src", size=size,
+                                         extents=[(MIB, 3 * MIB), (17 * MIB, MIB)])
+    spawn()
+    version_id = await world.capture(vm_id, "v1.0", destroy_source=True)
+    await until_status(world, version_id, "ready")
+    async with world.engine.connect() as connection:
+        row = (await connection.execute(text(
+            "SELECT v.actual_size_mib, m.archive_size_mib, m.store_prefix, m.pinned_source_vm_id"
+            " FROM machine_image_version v JOIN machine_image_version_metal m USING (id)"
+            " WHERE v.id = :id"), {"id": version_id})).one()
+    stored = sum((world.store / name).stat().st_size for name in world.objects(row.store_prefix))
+    assert (row.actual_size_mib, row.archive_size_mib) == (21, -(-stored // MIB))
+    assert row.pinned_source_vm_id is None
+
+    async def source_gone() -> bool:
+        return not disk.exists() and await strands.scalar(
+            world.engine, "SELECT count(*) FROM vm WHERE id = :id", id=vm_id) == 0
+    await eventually(source_gone, 60, "the source VM destroyed")
+    assert await restore(world, version_id, world.disks / "restored.raw") == digest
+
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1.0")
+
+    async def version_gone() -> bool:
+        return await strands.scalar(world.engine, "SELECT count(*) FROM machine_image_version"
+                                    " WHERE id = :id", id=version_id) == 0
+    await eventually(version_gone, 60, "the version destroyed")
+    assert world.objects() == []
+
+
+async def test_a_respirate_killed_mid_archive_is_replaced_and_the_archive_finishes_once(
+        world: World, spawn: Callable[..., RespirateProcess]) -> None:
+    vm_id, _, digest = await world.vm("src", size=BIG, extents=[(0, BIG)])
+    first = spawn()
+    version_id = await world.capture(vm_id, "v1")
+    await mid_archive(version_id)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    spawn()
+    await until_status(world, version_id, "ready")
+    frame = (await strands.row(world.engine, version_id)).stack[0]
+    assert frame.get("archive_failures") is None  # the unit ran on, it was not restarted
+    prefix = await strands.scalar(world.engine, "SELECT store_prefix FROM"
+                                  " machine_image_version_metal WHERE id = :id", id=version_id)
+    objects = world.objects(prefix)
+    manifest = json.loads((world.store / prefix / "manifest.json").read_text())
+    assert len(objects) == len(manifest["chunks"]) + 1  # one archive: its chunks and manifest
+    assert await restore(world, version_id, world.disks / "restored.raw") == digest
+
+
+async def test_an_ssh_cut_mid_archive_does_not_stop_the_capture(
+        world: World, spawn: Callable[..., RespirateProcess]) -> None:
+    vm_id, _, digest = await world.vm("src", size=BIG, extents=[(0, BIG)])
+    spawn()
+    version_id = await world.capture(vm_id, "v1")
+    await mid_archive(version_id)
+    assert world.host is not None
+    # Respirate connects only to poll the unit: cut the first connection it opens.
+    cut: list[int] = []
+
+    async def cut_one() -> bool:
+        for pid in sessions_of(world.host):  # type: ignore[arg-type]
+            os.kill(pid, signal.SIGKILL)
+            cut.append(pid)
+        return bool(cut)
+    await eventually(cut_one, 60, "an SSH connection of respirate's cut")
+    await until_status(world, version_id, "ready")
+    assert await restore(world, version_id, world.disks / "restored.raw") == digest
+
+
+async def test_a_capture_into_s3_restores_and_is_destroyed(
+        world: World, spawn: Callable[..., RespirateProcess], s3_server: S3Server) -> None:
+    async with world.engine.begin() as connection:
+        await machine_image_store.create(
+            connection, location_id=world.location_id, project_id=world.project_id,
+            kind="s3", endpoint=s3_server.endpoint, region=s3_server.region,
+            bucket=s3_server.bucket, access_key=s3_server.access_key,
+            secret_key=s3_server.secret_key, master_key=crypto.master_key())
+    vm_id, _, digest = await world.vm("src", size=12 * MIB, extents=[(0, 2 * MIB),
+                                                                     (9 * MIB, MIB)])
+    spawn()
+    version_id = await world.capture(vm_id, "v1")
+    await until_status(world, version_id, "ready")
+    client: Any = s3_server.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
+    assert any(k.endswith("/v1/manifest.json") for k in keys)
+    assert world.objects() == []  # nothing went to the location's default store
+    assert await restore(world, version_id, world.disks / "restored.raw") == digest
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+
+    async def emptied() -> bool:
+        return client.list_objects_v2(Bucket=s3_server.bucket).get("KeyCount") == 0
+    await eventually(emptied, 60, "the bucket emptied")
