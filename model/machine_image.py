@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from lib import ubid
 from lib.errors import InvalidRequest, ResourceNotFound
+from model import machine_image_version_metal as metal
 from model.base import Base
 
 ARCHES = ("x64", "arm64")
@@ -62,12 +63,7 @@ async def set_latest(connection: AsyncConnection, image_id: uuid.UUID, label: st
         " AND version = :label"), {"image_id": image_id, "label": label})).scalar()
     if version_id is None:
         raise InvalidRequest(f"Version {label} not found")
-    ready = (await connection.execute(text(
-        "SELECT 1 FROM machine_image_version_metal m WHERE m.id = :id AND m.status = 'ready'"
-        " AND NOT EXISTS (SELECT 1 FROM semaphore s WHERE s.strand_id = m.id"
-        " AND s.name IN ('destroy', 'destroying')) FOR SHARE OF m"),
-        {"id": version_id})).scalar()
-    if not ready:
+    if await metal.display_state(connection, version_id, lock=True) != "ready":
         raise InvalidRequest(f"Version {label} is not ready")
     await connection.execute(text(
         "UPDATE machine_image SET latest_version_id = :version_id WHERE id = :image_id"),

@@ -35,14 +35,16 @@ class MachineImageVersionMetal(Base):
 
 
 # A destroy request shows at once, before the strand has moved the stored status.
-DISPLAY_STATE_SQL = (
-    "CASE WHEN EXISTS (SELECT 1 FROM semaphore s WHERE s.strand_id = {metal}.id"
-    " AND s.name IN ('destroy', 'destroying')) THEN 'destroying' ELSE {metal}.status END")
+_DISPLAY_STATE = text(
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM semaphore s WHERE s.strand_id = m.id"
+    " AND s.name IN ('destroy', 'destroying')) THEN 'destroying' ELSE m.status END"
+    " FROM machine_image_version_metal m WHERE m.id = :id")
+# Shared: a destroy moving the status away from `ready` waits for the lock holder's commit.
+_DISPLAY_STATE_SHARED = text(f"{_DISPLAY_STATE.text} FOR SHARE OF m")
 
 
-async def display_state(connection: AsyncConnection, version_id: uuid.UUID) -> str | None:
+async def display_state(connection: AsyncConnection, version_id: uuid.UUID, *,
+                        lock: bool = False) -> str | None:
     """The version's state as users see it; None when it has no metal record."""
-    sql = DISPLAY_STATE_SQL.format(metal="m")
-    return (await connection.execute(text(
-        f"SELECT {sql} FROM machine_image_version_metal m WHERE m.id = :id"),  # noqa: S608
-        {"id": version_id})).scalar()
+    return (await connection.execute(_DISPLAY_STATE_SHARED if lock else _DISPLAY_STATE,
+                                     {"id": version_id})).scalar()

@@ -7,18 +7,20 @@ import os
 import shutil
 import signal
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
 from lib import crypto, ubid
+from lib.scheduling import timefmt
 from lib.scheduling.runner import StrandRunner
 from lib.ssh import agent
 from model import machine_image_store
 from model import machine_image_version as versions
 from model import storage_key_encryption_key as kek
-from spec.support import strands
+from spec.support import s3, strands
 from spec.support.world import MIB, World, drive, sha256_of
 
 HOME = Path("/home/imagecp")
@@ -105,26 +107,27 @@ async def test_destroying_a_version_removes_its_objects_and_rows_and_moves_lates
         await drive(runner, world.engine, ids[label], "wait")
     assert await latest(world) == ids["v1.1"]
     prefixes = {label: (await version_row(world, ids[label])).store_prefix for label in ids}
-    kept = world.objects(prefixes["v10"]) + world.objects(prefixes["v1.1"])
-    kek_id = (await version_row(world, ids["v1.1"])).archive_kek_id
-
-    async with world.engine.begin() as connection:
-        await versions.request_destroy(connection, world.image_id, "v1.1")
-    assert await drive(runner, world.engine, ids["v1.1"], None) is None
-    assert await version_row(world, ids["v1.1"]) is None
-    assert await strands.scalar(world.engine, "SELECT count(*) FROM storage_key_encryption_key"
-                                " WHERE id = :id", id=kek_id) == 0
-    assert world.objects(prefixes["v1.1"]) == []
-    assert not (world.store / prefixes["v1.1"]).exists()
-    assert await latest(world) == ids["v10"]  # the newest ready sibling
+    objects = {label: world.objects(prefixes[label]) for label in ids}
+    assert all(objects.values())
+    kek_id = (await version_row(world, ids["v1"])).archive_kek_id
 
     async with world.engine.begin() as connection:
         await versions.request_destroy(connection, world.image_id, "v1")
     assert await drive(runner, world.engine, ids["v1"], None) is None
-    # Prefixes end in "/": destroying v1 leaves v10 (and v1.1's were gone already).
-    assert world.objects(prefixes["v10"]) == [k for k in kept if k.startswith(prefixes["v10"])]
-    assert world.objects(prefixes["v10"])
-    assert await latest(world) == ids["v10"]
+    assert await version_row(world, ids["v1"]) is None
+    assert await strands.scalar(world.engine, "SELECT count(*) FROM storage_key_encryption_key"
+                                " WHERE id = :id", id=kek_id) == 0
+    assert world.objects(prefixes["v1"]) == []
+    assert not (world.store / prefixes["v1"]).exists()
+    # Prefixes end in "/": destroying v1 leaves every object of v10 and v1.1.
+    assert world.objects() == sorted(objects["v10"] + objects["v1.1"])
+    assert await latest(world) == ids["v1.1"]  # not the destroyed one: untouched
+
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1.1")
+    assert await drive(runner, world.engine, ids["v1.1"], None) is None
+    assert world.objects() == objects["v10"]
+    assert await latest(world) == ids["v10"]  # the newest ready sibling
 
 
 async def test_destroy_while_archiving_stops_the_unit_and_unpins_the_vm(
@@ -185,3 +188,46 @@ async def test_three_failures_mark_the_version_failed_and_remove_partial_objects
         await versions.request_destroy(connection, world.image_id, "v1")
     assert await drive(runner, world.engine, version_id, None) is None
     assert await version_row(world, version_id) is None
+
+
+async def test_the_archive_deadline_grows_with_the_disk_and_pages_when_missed(
+        world: World, runner: StrandRunner) -> None:
+    vm_id, _, _ = await world.vm("src", size=30 * 1024 * MIB, extents=[(0, MIB)])
+    version_id = await world.capture(vm_id, "v1")
+    await runner.run(version_id)
+    frame = (await strands.row(world.engine, version_id)).stack[0]
+    assert frame["deadline_target"] == "wait"
+    left = (timefmt.read(frame["deadline_at"]) - datetime.now(UTC)).total_seconds()
+    assert 30 * 24 - 10 < left <= 30 * 24  # 24 s per GiB
+    await strands.execute(world.engine, "UPDATE strand SET schedule = now(), stack ="
+                          " jsonb_set(stack, '{0,deadline_at}', to_jsonb(CAST(:past AS text)))"
+                          " WHERE id = :id", id=version_id,
+                          past=timefmt.write(datetime.now(UTC) - timedelta(seconds=1)))
+    await runner.run(version_id)
+    pages = await strands.scalar(world.engine, "SELECT array_agg(summary) FROM page")
+    assert pages == [f"{ubid.to_ubid(version_id)} has an expired deadline!"
+                     " MachineImage.VersionNexus.archive did not reach wait on time"]
+
+
+async def test_an_unreachable_store_fails_the_capture_readably_and_is_cleaned_once_back(
+        world: World, runner: StrandRunner, logs: list[Any]) -> None:
+    port = s3.free_port()
+    async with world.engine.begin() as connection:
+        await machine_image_store.create(
+            connection, location_id=world.location_id, project_id=world.project_id,
+            kind="s3", endpoint=f"http://127.0.0.1:{port}", region=s3.REGION,
+            bucket="imagecp-test", access_key=s3.ACCESS_KEY, secret_key=s3.SECRET_KEY,
+            master_key=crypto.master_key())
+    vm_id, _, _ = await world.vm("src")
+    version_id = await world.capture(vm_id, "v1")
+    await drive(runner, world.engine, version_id, "destroy_objects")
+    row = await version_row(world, version_id)
+    assert (row.status, row.pinned_source_vm_id) == ("failed", None)
+    assert row.failure_reason.startswith("archive failed 3 times; last: archive: ")
+    assert s3.SECRET_KEY not in row.failure_reason
+    assert any(e["event"] == "deleting archive objects failed" for e in logs)
+    # The store comes back: the (empty) prefix is cleared and the version parks as failed.
+    with s3.s3_endpoint(port=port) as server:
+        await drive(runner, world.engine, version_id, "failed")
+        client: Any = server.client()
+        assert client.list_objects_v2(Bucket=server.bucket).get("KeyCount") == 0
