@@ -6,8 +6,10 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import String, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
+from lib.errors import InvalidLocation
 from model.base import Base
 
 
@@ -17,3 +19,14 @@ class Location(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(collation="C"), unique=True)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+async def by_name(connection: AsyncConnection, name: str) -> uuid.UUID:
+    """The location's id; InvalidLocation (naming those that exist) when there is none."""
+    found = (await connection.execute(text("SELECT id FROM location WHERE name = :name"),
+                                      {"name": name})).scalar()
+    if found is None:
+        names = (await connection.execute(text("SELECT name FROM location ORDER BY name"))
+                 ).scalars().all()
+        raise InvalidLocation(list(names))
+    return uuid.UUID(str(found))

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lib import ubid
-from lib.errors import InvalidLocation, InvalidRequest, ResourceNotFound
-from model import machine_image, machine_image_store, project, semaphore
+from lib.errors import InvalidRequest, ResourceNotFound
+from model import location, machine_image, machine_image_store, project, semaphore
 from model import storage_key_encryption_key as kek
 from model import vm as vms
 from model.base import Base
@@ -74,16 +74,6 @@ class Limits:
     default_version_quota: int
 
 
-async def _location_id(connection: AsyncConnection, name: str) -> uuid.UUID:
-    found = (await connection.execute(text("SELECT id FROM location WHERE name = :name"),
-                                      {"name": name})).scalar()
-    if found is None:
-        names = (await connection.execute(text("SELECT name FROM location ORDER BY name"))
-                 ).scalars().all()
-        raise InvalidLocation(list(names))
-    return uuid.UUID(str(found))
-
-
 async def _source_vm(connection: AsyncConnection, capture: Capture,
                      location_id: uuid.UUID) -> uuid.UUID:
     try:
@@ -128,7 +118,7 @@ async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits
                    master_key: bytes) -> uuid.UUID:
     """Start capturing a version; returns its id. Raises an ApiError and writes nothing."""
     await project.lock(connection, capture.project_id)
-    location_id = await _location_id(connection, capture.location)
+    location_id = await location.by_name(connection, capture.location)
     image_id = await machine_image.lookup(connection, capture.project_id, location_id,
                                           capture.image)
     label = check_label(capture.version or default_label())

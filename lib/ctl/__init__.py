@@ -15,10 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lib import config, crypto, db, ubid
-from model import vm_host
+from lib.errors import ApiError
+from model import machine_image_store, vm_host
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Operate imagecp: locations, hosts, keys.")
+                  help="Operate imagecp: locations, hosts, keys, projects, stores, images.")
 location_app = typer.Typer(no_args_is_help=True, help="Locations hosts live in.")
 host_app = typer.Typer(no_args_is_help=True, help="Hosts that hold VM disks.")
 app.add_typer(location_app, name="location")
@@ -48,8 +49,14 @@ def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except (Refused, vm_host.HostRefused, crypto.SecretError, config.ConfigError) as error:
+    except (Refused, vm_host.HostRefused, machine_image_store.StoreRefused, crypto.SecretError,
+            config.ConfigError) as error:
         _fail(str(error))
+    except ApiError as error:
+        details = "".join(f"; {field}: {text}" for field, text in (error.details or {}).items())
+        _fail(f"{error.message}{details}")
+    except IntegrityError as error:  # a constraint the command did not check first
+        _fail(f"refused by the database: {str(error.orig).splitlines()[0]}")
     except OSError as error:
         _fail(f"cannot reach the database: {error}")
     raise AssertionError("unreachable")
@@ -129,3 +136,6 @@ def host_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             reason = f"  ({host['state_reason']})" if host["state_reason"] else ""
             typer.echo(f"{host['id']}  {host['location']}  {host['address']}:{host['port']}"
                        f"  {host['state']}{reason}")
+
+
+from lib.ctl import images  # noqa: E402, F401  (registers its commands)
