@@ -4,6 +4,7 @@ the same assemble as the API, with its refusals as one line each."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -13,7 +14,7 @@ from spec.support import strands
 
 async def test_an_operator_captures_a_version_and_asks_for_its_destruction(
         database_url: str, engine: AsyncEngine) -> None:
-    async def run(*args: str, **env: str) -> dict[str, str]:
+    async def run(*args: str, **env: str) -> dict[str, Any]:
         result = await ctl(database_url, *args, "--json", env=env)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)  # type: ignore[no-any-return]
