@@ -6,9 +6,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lib import ubid
 from model.base import Base
+from model.location import Location
+from model.machine_image import MachineImage
+from model.machine_image_store import MachineImageStore
+from model.machine_image_version import MachineImageVersion
 from model.page import Page
+from model.project import Project
 from model.semaphore import Semaphore
+from model.storage_key_encryption_key import StorageKeyEncryptionKey
 from model.strand import Strand
+from model.vm import Vm
+from model.vm_host import VmHost
+from model.vm_storage_volume import VmStorageVolume
 
 # The model that mints each prefix. Shared ids (a nexus strand has its subject's id) resolve
 # to the minting model, not to the strand.
@@ -16,6 +25,15 @@ BY_PREFIX: dict[str, type[Base]] = {
     ubid.TYPE_STRAND: Strand,
     ubid.TYPE_SEMAPHORE: Semaphore,
     ubid.TYPE_PAGE: Page,
+    ubid.TYPE_LOCATION: Location,
+    ubid.TYPE_PROJECT: Project,
+    ubid.TYPE_VM: Vm,
+    ubid.TYPE_VM_HOST: VmHost,
+    ubid.TYPE_VM_STORAGE_VOLUME: VmStorageVolume,
+    ubid.TYPE_MACHINE_IMAGE: MachineImage,
+    ubid.TYPE_MACHINE_IMAGE_VERSION: MachineImageVersion,
+    ubid.TYPE_MACHINE_IMAGE_STORE: MachineImageStore,
+    ubid.TYPE_STORAGE_KEY_ENCRYPTION_KEY: StorageKeyEncryptionKey,
 }
 
 
