@@ -15,6 +15,7 @@ import os
 import sys
 from typing import NoReturn
 
+import archive  # type: ignore[import-not-found]  # a sibling module on the host
 import unit  # type: ignore[import-not-found]  # a sibling module on the host
 
 DEFAULT_ROOT = "~/.imagecp/units"
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", default=DEFAULT_ROOT, help="state directory of the units")
     groups = parser.add_subparsers(dest="group", required=True, parser_class=Parser)
     unit.add_parser(groups)
+    archive.add_parser(groups)
     args = parser.parse_args(words)
     args.root = os.path.abspath(os.path.expanduser(args.root))
     status: int = args.handler(args, command)
