@@ -3,9 +3,12 @@ capture, restore, destroy, retries and failures."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import shutil
 import signal
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -231,3 +234,38 @@ async def test_an_unreachable_store_fails_the_capture_readably_and_is_cleaned_on
         await drive(runner, world.engine, version_id, "failed")
         client: Any = server.client()
         assert client.list_objects_v2(Bucket=server.bucket).get("KeyCount") == 0
+
+
+async def test_store_credentials_and_keys_reach_the_host_only_through_stdin(
+        world: World, runner: StrandRunner, logs: list[Any], s3_server: s3.S3Server) -> None:
+    async with world.engine.begin() as connection:
+        await machine_image_store.create(
+            connection, location_id=world.location_id, project_id=world.project_id,
+            kind="s3", endpoint=s3_server.endpoint, region=s3_server.region,
+            bucket=s3_server.bucket, access_key=s3_server.access_key,
+            secret_key=s3_server.secret_key, master_key=crypto.master_key())
+    vm_id, _, _ = await world.vm("src", size=192 * MIB, extents=[(0, 192 * MIB)])
+    version_id = await world.capture(vm_id, "v1")
+    seen_argv: list[bytes] = []
+    await runner.run(version_id)  # starts the unit
+    deadline = time.monotonic() + 30
+    while not any(b"archive\0create" in argv for argv in seen_argv):  # while it runs
+        assert time.monotonic() < deadline, "the archive process was never seen"
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                seen_argv.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+    await drive(runner, world.engine, version_id, "wait")
+    row = await version_row(world, version_id)
+    async with world.engine.connect() as connection:
+        key = base64.b64encode(await kek.key(connection, row.archive_kek_id,
+                                             crypto.master_key())).decode()
+    secrets = (s3_server.secret_key, s3_server.access_key, key)
+    for secret in secrets:
+        assert secret not in repr(logs)
+        assert all(secret.encode() not in argv for argv in seen_argv)
+    for root in (HOME, Path("/tmp"), Path("/dev/shm")):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20:
+                with contextlib.suppress(OSError):
+                    content = path.read_bytes()
+                    assert not any(s.encode() in content for s in secrets), path
