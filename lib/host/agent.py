@@ -1,11 +1,13 @@
 """Host agent entry point; the control plane runs it on a host over SSH.
 
     python3 agent.py [--root DIR] unit COMMAND UNIT [options] [-- ARGV...]
+    python3 agent.py archive create|restore|verify [options]     (secrets on stdin)
 
-Standard library only (Python >= 3.9), and nothing from the control plane's repository: this
-file and its siblings are copied to the host as they are. Each command group lives in a sibling
-module (`unit.py`), found because this file's directory is sys.path[0]. Exit codes: 0 done,
-1 internal failure, 2 bad usage, 3 refused.
+Nothing from the control plane's repository: this file and its siblings are copied to the host
+as they are. Each command group lives in a sibling module (`unit.py`, `archive.py`), found
+because this file's directory is sys.path[0]. Units need only the standard library (Python >=
+3.9); the archive also zstandard, cryptography and obstore, imported when it runs. Exit codes:
+0 done, 1 internal failure, 2 bad usage, 3 refused.
 """
 
 from __future__ import annotations
