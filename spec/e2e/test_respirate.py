@@ -307,7 +307,8 @@ async def test_a_host_added_with_ctl_is_bootstrapped_by_respirate(
 
     await ctl(database_url, "location", "create", "lab")
     added = await ctl(database_url, "host", "add", "--location", "lab", "--address",
-                      ssh_host.address, "--port", str(ssh_host.port), "--accept-new", "--json")
+                      ssh_host.address, "--port", str(ssh_host.port), "--accept-new",
+                      "--python", ssh_host.target.python, "--json")
     ssh_host.authorize(ssh_host.client_public, json.loads(added.stdout)["authorize"])
     process = spawn()
 
