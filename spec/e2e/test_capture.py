@@ -28,8 +28,9 @@ BIG = 1536 * MIB  # an archive that lasts a few seconds here
 
 
 async def status(world: World, version_id: Any) -> str | None:
-    return await strands.scalar(world.engine, "SELECT status FROM machine_image_version_metal"
-                                " WHERE id = :id", id=version_id)
+    found = await strands.scalar(world.engine, "SELECT status FROM machine_image_version_metal"
+                                 " WHERE id = :id", id=version_id)
+    return None if found is None else str(found)
 
 
 async def until_status(world: World, version_id: Any, wanted: str, limit: float = 120) -> None:
@@ -95,8 +96,9 @@ async def test_respirate_captures_a_stopped_vm_then_destroys_the_version(
         await versions.request_destroy(connection, world.image_id, "v1.0")
 
     async def version_gone() -> bool:
-        return await strands.scalar(world.engine, "SELECT count(*) FROM machine_image_version"
-                                    " WHERE id = :id", id=version_id) == 0
+        return bool(await strands.scalar(world.engine, "SELECT count(*) FROM"
+                                         " machine_image_version WHERE id = :id",
+                                         id=version_id) == 0)
     await eventually(version_gone, 60, "the version destroyed")
     assert world.objects() == []
 
@@ -163,5 +165,5 @@ async def test_a_capture_into_s3_restores_and_is_destroyed(
         await versions.request_destroy(connection, world.image_id, "v1")
 
     async def emptied() -> bool:
-        return client.list_objects_v2(Bucket=s3_server.bucket).get("KeyCount") == 0
+        return bool(client.list_objects_v2(Bucket=s3_server.bucket).get("KeyCount") == 0)
     await eventually(emptied, 60, "the bucket emptied")

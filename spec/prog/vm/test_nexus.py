@@ -81,3 +81,8 @@ async def test_a_destroy_signalled_past_the_pin_waits_for_the_pin_to_go(
     assert await drive(runner, seeded.engine, vm_id, None) is None
     assert await strands.scalar(seeded.engine, "SELECT count(*) FROM vm WHERE id = :id",
                                 id=vm_id) == 0
+
+
+async def test_a_new_vm_is_running_or_stopped(seeded: World) -> None:
+    with pytest.raises(ValueError, match="running or stopped"):
+        await seeded.vm("odd", state="paused")
