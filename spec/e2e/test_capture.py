@@ -145,12 +145,7 @@ async def test_an_ssh_cut_mid_archive_does_not_stop_the_capture(
 
 async def test_a_capture_into_s3_restores_and_is_destroyed(
         world: World, spawn: Callable[..., RespirateProcess], s3_server: S3Server) -> None:
-    async with world.engine.begin() as connection:
-        await machine_image_store.create(
-            connection, location_id=world.location_id, project_id=world.project_id,
-            kind="s3", endpoint=s3_server.endpoint, region=s3_server.region,
-            bucket=s3_server.bucket, access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key, master_key=crypto.master_key())
+    await world.own_store(**s3_server.store)
     vm_id, _, digest = await world.vm("src", size=12 * MIB, extents=[(0, 2 * MIB),
                                                                      (9 * MIB, MIB)])
     spawn()

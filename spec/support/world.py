@@ -109,6 +109,14 @@ class World:
             return await versions.assemble(connection, capture, limits,
                                            master_key=crypto.master_key())
 
+    async def own_store(self, **fields: Any) -> uuid.UUID:
+        """Give the project its own store here (fields as machine_image_store.create takes,
+        e.g. an S3Server's `store` description)."""
+        async with self.engine.begin() as connection:
+            return await machine_image_store.create(
+                connection, location_id=self.location_id, project_id=self.project_id,
+                master_key=crypto.master_key(), **fields)
+
     def objects(self, version_prefix: str = "") -> list[str]:
         """Every object in the store (under a prefix), as paths relative to the store."""
         root = self.store / version_prefix

@@ -8,7 +8,6 @@ control plane does in a unit. Stores are real: a directory, or a moto S3 server
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import pytest
 
 from spec.lib.host.test_unit import agent_env, wait_for
 from spec.support.s3 import S3Server
+from spec.support.world import sha256_of
 
 AGENT = Path(__file__).resolve().parents[3] / "lib" / "host" / "agent.py"
 PY = sys.executable
@@ -38,14 +38,6 @@ def words(size: int, seed: int) -> bytes:
     while len(out) < size:
         out += b" ".join(rng.choices(vocabulary, k=4096)) + b"\n"
     return bytes(out[:size])
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def one_line(text: bytes) -> str:
@@ -95,7 +87,7 @@ class Archive:
         self.ok(self.create(disk, "--chunk-mib", str(chunk_mib)))
         output = self.tmp / f"{disk.name}.restored"
         self.ok(self.restore(output))
-        assert sha256(output) == sha256(disk)
+        assert sha256_of(output) == sha256_of(disk)
         assert output.stat().st_size == disk.stat().st_size
         assert not Path(f"{output}.partial").exists()
         return output
@@ -454,7 +446,7 @@ def test_the_default_4_mib_chunks_round_trip(
     assert len(store.objects()) == math.ceil(size / (4 * MIB)) + 1
     output = tmp_path / "out.img"
     archive.ok(archive.restore(output, "--workers", "3"))
-    assert sha256(output) == sha256(disk)
+    assert sha256_of(output) == sha256_of(disk)
 
 
 def test_an_s3_store_round_trips(s3_server: S3Server, tmp_path: Path) -> None:

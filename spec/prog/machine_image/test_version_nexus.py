@@ -215,12 +215,9 @@ async def test_the_archive_deadline_grows_with_the_disk_and_pages_when_missed(
 async def test_an_unreachable_store_fails_the_capture_readably_and_is_cleaned_once_back(
         world: World, runner: StrandRunner, logs: list[Any]) -> None:
     port = s3.free_port()
-    async with world.engine.begin() as connection:
-        await machine_image_store.create(
-            connection, location_id=world.location_id, project_id=world.project_id,
-            kind="s3", endpoint=f"http://127.0.0.1:{port}", region=s3.REGION,
-            bucket="imagecp-test", access_key=s3.ACCESS_KEY, secret_key=s3.SECRET_KEY,
-            master_key=crypto.master_key())
+    await world.own_store(kind="s3", endpoint=f"http://127.0.0.1:{port}", region=s3.REGION,
+                          bucket="imagecp-test", access_key=s3.ACCESS_KEY,
+                          secret_key=s3.SECRET_KEY)
     vm_id, _, _ = await world.vm("src")
     version_id = await world.capture(vm_id, "v1")
     await drive(runner, world.engine, version_id, "destroy_objects")
@@ -238,12 +235,7 @@ async def test_an_unreachable_store_fails_the_capture_readably_and_is_cleaned_on
 
 async def test_store_credentials_and_keys_reach_the_host_only_through_stdin(
         world: World, runner: StrandRunner, logs: list[Any], s3_server: s3.S3Server) -> None:
-    async with world.engine.begin() as connection:
-        await machine_image_store.create(
-            connection, location_id=world.location_id, project_id=world.project_id,
-            kind="s3", endpoint=s3_server.endpoint, region=s3_server.region,
-            bucket=s3_server.bucket, access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key, master_key=crypto.master_key())
+    await world.own_store(**s3_server.store)
     vm_id, _, _ = await world.vm("src", size=192 * MIB, extents=[(0, 192 * MIB)])
     version_id = await world.capture(vm_id, "v1")
     seen_argv: list[bytes] = []
