@@ -10,6 +10,7 @@ end.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import subprocess
 import sys
@@ -23,7 +24,10 @@ from typing import Any
 
 import pytest
 
-ACCESS_KEY, SECRET_KEY, REGION = "imagecp-test-access", "imagecp-test-secret", "us-east-1"
+# Random per test run (moto accepts any): a secret that also stood in this file's source would
+# be found by the tests that search a host's files for leaked secrets.
+ACCESS_KEY, SECRET_KEY = f"access-{secrets.token_hex(8)}", f"secret-{secrets.token_hex(16)}"
+REGION = "us-east-1"
 START_TIMEOUT = 30.0
 
 
