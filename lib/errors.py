@@ -25,6 +25,12 @@ class ApiError(Exception):
                           "details": self.details}}
 
 
+class BadRequest(ApiError):
+    """The request does not match the API's description (400)."""
+
+    type = "BadRequest"
+
+
 class InvalidRequest(ApiError):
     """The request cannot be carried out as asked (400); the message says why."""
 
@@ -54,3 +60,24 @@ class InvalidLocation(ApiError):
             "Validation failed for following path components: location",
             {"location": "Given location is not a valid location. Available locations: "
                          + ", ".join(available)})
+
+
+class MissingCredentials(ApiError):
+    status = 401
+    type = "MissingCredentials"
+
+    def __init__(self) -> None:
+        super().__init__("must include personal access token in Authorization header")
+
+
+class InvalidCredentials(ApiError):
+    """Unknown, revoked or mismatched token; the body says no more than that."""
+
+    status = 401
+    type = "InvalidCredentials"
+
+    def __init__(self) -> None:
+        super().__init__("invalid personal access token provided in Authorization header")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": 401, "type": self.type, "message": self.message}}

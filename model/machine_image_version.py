@@ -74,19 +74,20 @@ class Limits:
     default_version_quota: int
 
 
-async def _source_vm(connection: AsyncConnection, capture: Capture,
-                     location_id: uuid.UUID) -> uuid.UUID:
+async def source_vm(connection: AsyncConnection, project_id: uuid.UUID,
+                    location_id: uuid.UUID, reference: str) -> tuple[uuid.UUID, str]:
+    """The project's VM in the location named by a UBID; returns its id and arch."""
     try:
-        vm_id = ubid.to_uuid(capture.vm)
+        vm_id = ubid.to_uuid(reference)
     except ubid.UbidParseError:
         raise InvalidRequest("Value provided not a valid id for parameter vm") from None
-    found = (await connection.execute(text(
-        "SELECT 1 FROM vm WHERE id = :id AND project_id = :project_id"
+    arch = (await connection.execute(text(
+        "SELECT arch FROM vm WHERE id = :id AND project_id = :project_id"
         " AND location_id = :location_id"),
-        {"id": vm_id, "project_id": capture.project_id, "location_id": location_id})).scalar()
-    if not found:
+        {"id": vm_id, "project_id": project_id, "location_id": location_id})).scalar()
+    if arch is None:
         raise InvalidRequest("Source VM not found")
-    return vm_id
+    return vm_id, str(arch)
 
 
 async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arch: str,
@@ -127,7 +128,7 @@ async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits
         " AND version = :label"), {"image_id": image_id, "label": label})).scalar()
     if taken:
         raise InvalidRequest(f"Version {label} already exists for this machine image")
-    vm_id = await _source_vm(connection, capture, location_id)
+    vm_id, _ = await source_vm(connection, capture.project_id, location_id, capture.vm)
     await project.check_version_quota(connection, capture.project_id,
                                       limits.default_version_quota)
     store_id = await machine_image_store.resolve(connection, capture.project_id, location_id)

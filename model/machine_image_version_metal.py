@@ -34,11 +34,12 @@ class MachineImageVersionMetal(Base):
     failure_reason: Mapped[str | None]
 
 
-# A destroy request shows at once, before the strand has moved the stored status.
-_DISPLAY_STATE = text(
-    "SELECT CASE WHEN EXISTS (SELECT 1 FROM semaphore s WHERE s.strand_id = m.id"
-    " AND s.name IN ('destroy', 'destroying')) THEN 'destroying' ELSE m.status END"
-    " FROM machine_image_version_metal m WHERE m.id = :id")
+# The state users see, for the metal row `m` (NULL when there is none). A destroy request
+# shows at once, before the strand has moved the stored status.
+STATE_OF_M = ("CASE WHEN m.id IS NULL THEN NULL WHEN EXISTS (SELECT 1 FROM semaphore s"
+              " WHERE s.strand_id = m.id AND s.name IN ('destroy', 'destroying'))"
+              " THEN 'destroying' ELSE m.status END")
+_DISPLAY_STATE = text(f"SELECT {STATE_OF_M} FROM machine_image_version_metal m WHERE m.id = :id")
 # Shared: a destroy moving the status away from `ready` waits for the lock holder's commit.
 _DISPLAY_STATE_SHARED = text(f"{_DISPLAY_STATE.text} FOR SHARE OF m")
 

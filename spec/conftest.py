@@ -56,7 +56,7 @@ async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         async with engine.begin() as connection:
             await connection.execute(
                 text("TRUNCATE strand, semaphore, page, respirate_process, sshable, vm_host,"
-                     " location, project, vm, vm_storage_volume, machine_image_store,"
+                     " location, project, api_token, vm, vm_storage_volume, machine_image_store,"
                      " storage_key_encryption_key, machine_image, machine_image_version,"
                      " machine_image_version_metal CASCADE"))
 
@@ -109,6 +109,7 @@ def ssh_host(ssh_hosts: Callable[[int], list[Any]]) -> Any:
     return ssh_hosts(1)[0]
 
 
+from spec.support.api import api  # noqa: E402, F401
 from spec.support.processes import spawn  # noqa: E402, F401  (fixtures)
 from spec.support.s3 import s3_server  # noqa: E402, F401  (a fixture: spec/support/s3.py)
 from spec.support.world import seeded, world  # noqa: E402, F401

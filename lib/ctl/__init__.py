@@ -138,4 +138,4 @@ def host_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                        f"  {host['state']}{reason}")
 
 
-from lib.ctl import images  # noqa: E402, F401  (registers its commands)
+from lib.ctl import images, tokens  # noqa: E402, F401  (register their commands)

@@ -1,0 +1,132 @@
+"""The HTTP API against the real database: every error case of the reference's API section,
+the bodies of successful calls, audit events, and concurrent creates of one label."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lib import ubid
+from model import api_token
+from spec.support import strands
+from spec.support.api import Api, token_for
+
+NOT_FOUND = {"error": {"code": 404, "type": "ResourceNotFound", "details": None,
+                       "message": "Sorry, we couldn’t find the resource you’re looking for."}}
+INVALID_TOKEN = {"error": {"code": 401, "type": "InvalidCredentials",
+                           "message": "invalid personal access token provided in"
+                                      " Authorization header"}}
+
+
+def error(response: Any, status: int, kind: str, message: str,
+          details: dict[str, str] | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.json() == {"error": {"code": status, "type": kind, "message": message,
+                                          "details": details}}
+
+
+async def ready(api: Api, version_id: Any) -> None:
+    await strands.execute(api.world.engine, "UPDATE machine_image_version_metal SET status ="
+                          " 'ready', archive_size_mib = 3, pinned_source_vm_id = NULL"
+                          " WHERE id = :id", id=version_id)
+
+
+# -- authentication --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer abc", "Bearer pat-xyz",
+                                    "pat-ak00000000000000000000000000-secret"])
+async def test_a_missing_or_malformed_token_is_refused(api: Api, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    response = await api.client.get(api.base, headers=headers)
+    error(response, 401, "MissingCredentials",
+          "must include personal access token in Authorization header")
+
+
+async def test_unknown_wrong_and_revoked_tokens_get_one_fixed_answer(api: Api) -> None:
+    token_id, secret = api.token.rsplit("-", 1)
+    unknown = f"pat-{ubid.to_ubid(ubid.generate(ubid.TYPE_API_TOKEN))}-{secret}"
+    for token in (unknown, f"{token_id}-{secret[:-1]}x", f"{token_id}-{secret}extra"):
+        response = await api.client.get(api.base, headers=api.auth(token))
+        assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+    async with api.world.engine.begin() as connection:
+        assert await api_token.revoke(connection, api.token_id)
+    response = await api.client.get(api.base, headers=api.auth())
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+
+
+async def test_the_bearer_word_is_case_insensitive_and_may_take_a_colon(api: Api) -> None:
+    for header in (f"bearer {api.token}", f"BEARER:  {api.token}"):
+        response = await api.client.get(api.base, headers={"Authorization": header})
+        assert response.status_code == 200, response.text
+
+
+async def test_another_projects_images_are_indistinguishable_from_none(api: Api) -> None:
+    other = ubid.generate(ubid.TYPE_PROJECT)
+    await strands.execute(api.world.engine, "INSERT INTO project (id, name) VALUES"
+                          " (:id, 'other')", id=other)
+    _, their_token = await token_for(api.world.engine, other)
+    for path in (api.base, f"{api.base}/base", f"{api.base}/base/version",
+                 f"/project/{ubid.to_ubid(ubid.generate(ubid.TYPE_PROJECT))}/machine-image"):
+        theirs = await api.client.get(path, headers=api.auth(their_token))
+        assert (theirs.status_code, theirs.json()) == (404, NOT_FOUND)
+    missing = await api.client.get(f"{api.base}/nothing", headers=api.auth())
+    assert (missing.status_code, missing.json()) == (404, NOT_FOUND)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+async def test_path_parameters_must_match_their_patterns(api: Api) -> None:
+    error(await api.get("/project/pjBAD/location/lab/machine-image"), 400, "BadRequest",
+          'Parameter "pjBAD" does not match pattern ^pj[0-9a-hj-km-np-tv-z]{24}$')
+    error(await api.get(f"{api.base}/Bad_Name"), 400, "BadRequest",
+          'Parameter "Bad_Name" does not match pattern ^[a-z0-9](?:[a-z0-9\\-]{0,61}[a-z0-9])?$')
+    error(await api.post(f"{api.base}/base/version/-v1", {"vm": "x"}), 400, "BadRequest",
+          'Parameter "-v1" does not match pattern ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$')
+    shaped = ubid.to_ubid(ubid.generate(ubid.TYPE_MACHINE_IMAGE))
+    response = await api.post(f"{api.base}/{shaped}", {"vm": "x"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "BadRequest"
+
+
+async def test_an_unknown_location_names_the_available_ones(api: Api) -> None:
+    path = api.base.replace("/lab/", "/moon/")
+    error(await api.get(path), 404, "InvalidLocation",
+          "Validation failed for following path components: location",
+          {"location": "Given location is not a valid location. Available locations: lab"})
+
+
+@pytest.mark.parametrize(("body", "details"), [
+    (b"{not json", {"body": "Request body isn't a valid JSON object."}),
+    (b"[1, 2]", {"body": "Request body isn't a valid JSON object."}),
+    (b'{"vm": "x", "color": "red", "size": 1}',
+     {"body": "Request body contains unrecognized parameters: color, size"}),
+    (b'{"destroy_source": true}', {"body": "Request body must include required parameters: vm"}),
+])
+async def test_bodies_must_be_objects_of_the_declared_properties(
+        api: Api, body: bytes, details: dict[str, str]) -> None:
+    response = await api.client.post(f"{api.base}/base/version/v1", content=body,
+                                     headers=api.auth())
+    error(response, 400, "BadRequest", "Validation failed for following fields: body", details)
+
+
+async def test_property_types_are_checked(api: Api) -> None:
+    response = await api.post(f"{api.base}/base/version/v1", {"vm": "x", "destroy_source": 1})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "BadRequest"
+    assert "destroy_source" in response.json()["error"]["message"]
+
+
+async def test_unknown_routes_are_not_found_and_unknown_methods_not_allowed(api: Api) -> None:
+    for path in ("/nowhere", "/project", f"{api.base}/base/versions"):
+        response = await api.client.get(path, headers=api.auth())
+        assert (response.status_code, response.json()) == (404, NOT_FOUND)
+    response = await api.client.put(api.base, headers=api.auth())
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    assert response.json()["error"]["type"] == "MethodNotAllowed"
+
+
+async def test_bad_pagination_is_refused(api: Api) -> None:
+    error(await api.get(api.base, params={"order_column": "arch"}), 400, "InvalidRequest",
+          "Validation failed for following fields: order_column",
+          {"order_column": "Supported values: id, name"})
+    response = await api.get(api.base, params={"page_size": "many"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "BadRequest"
