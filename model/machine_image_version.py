@@ -90,12 +90,36 @@ async def source_vm(connection: AsyncConnection, project_id: uuid.UUID,
     return vm_id, str(arch)
 
 
+_SOURCE_FACTS = text(
+    "SELECT v.arch, v.vm_host_id, EXISTS (SELECT 1 FROM machine_image_version_metal m"
+    " WHERE m.pinned_source_vm_id = v.id) AS pinned,"
+    " ARRAY(SELECT size_bytes FROM vm_storage_volume WHERE vm_id = v.id) AS sizes,"
+    " s.label, ARRAY(SELECT name FROM semaphore WHERE strand_id = v.id) AS pending"
+    " FROM vm v LEFT JOIN strand s ON s.id = v.id WHERE v.id = :id")
+_LABEL_TAKEN = text("SELECT 1 FROM machine_image_version WHERE machine_image_id = :image_id"
+                    " AND version = :label")
+# One statement writes the version, its key, its metal record (pinning the VM) and its
+# strand; foreign keys between them are checked at the statement's end.
+_CREATE = text(
+    "WITH version AS (INSERT INTO machine_image_version (id, machine_image_id, version)"
+    " VALUES (:id, :image_id, :label) RETURNING id),"
+    " kek AS (INSERT INTO storage_key_encryption_key (id, key_sealed, auth_data)"
+    " VALUES (:kek_id, :sealed, :auth_data)),"
+    " metal AS (INSERT INTO machine_image_version_metal (id, status, archive_kek_id,"
+    " store_id, store_prefix, pinned_source_vm_id) VALUES (:id, 'creating', :kek_id,"
+    " :store_id, :prefix, :vm_id))"
+    " INSERT INTO strand (id, prog, label, stack) SELECT id, :prog, 'archive',"
+    " jsonb_build_array(CAST(:frame AS jsonb)) FROM version")
+
+
 async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arch: str,
                         max_gib: int) -> uuid.UUID:
-    """Lock the VM and check it can be captured; returns its host."""
-    vm = (await connection.execute(text("SELECT * FROM vm WHERE id = :id FOR UPDATE"),
-                                   {"id": vm_id})).one()
-    if await vms.is_pinned(connection, vm_id):
+    """Lock the VM, then check it can be captured; returns its host."""
+    # Facts are read after the lock, in a statement of their own: it sees what a concurrent
+    # capture or start that held the lock committed.
+    await connection.execute(text("SELECT 1 FROM vm WHERE id = :id FOR UPDATE"), {"id": vm_id})
+    vm = (await connection.execute(_SOURCE_FACTS, {"id": vm_id})).one()
+    if vm.pinned:
         raise InvalidRequest(
             "Another machine image version is already being captured from this source VM")
     if vm.arch != image_arch:
@@ -103,63 +127,54 @@ async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arc
             f"Source VM arch ({vm.arch}) does not match machine image arch ({image_arch})")
     if vm.vm_host_id is None:
         raise InvalidRequest("Source VM must be a metal VM")
-    sizes = (await connection.execute(text(
-        "SELECT size_bytes FROM vm_storage_volume WHERE vm_id = :id"), {"id": vm_id})
-             ).scalars().all()
-    if len(sizes) != 1:
+    if len(vm.sizes) != 1:
         raise InvalidRequest("Source VM must have only one storage volume")
-    if await vms.display_state(connection, vm_id) != "stopped":
+    if vm.label is None or vms.state_of(vm.label, vm.pending) != "stopped":
         raise InvalidRequest("Source VM must be stopped")
-    if sizes[0] > max_gib * GIB:
+    if vm.sizes[0] > max_gib * GIB:
         raise InvalidRequest(f"Source VM's storage volume is larger than {max_gib} GiB")
     return uuid.UUID(str(vm.vm_host_id))
 
 
+async def _check_label_free(connection: AsyncConnection, image_id: uuid.UUID,
+                            label: str) -> None:
+    if (await connection.execute(_LABEL_TAKEN, {"image_id": image_id, "label": label})
+            ).scalar():
+        raise InvalidRequest(f"Version {label} already exists for this machine image")
+
+
 async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits, *,
                    master_key: bytes) -> uuid.UUID:
-    """Start capturing a version; returns its id. Raises an ApiError and writes nothing."""
-    await project.lock(connection, capture.project_id)
+    """Start capturing a version; returns its id. Raises an ApiError and writes nothing.
+
+    Checks run in the reference's order, except the quota, which is counted last, under the
+    project's lock (held until commit), just before writing.
+    """
     location_id = await location.by_name(connection, capture.location)
     image_id = await machine_image.lookup(connection, capture.project_id, location_id,
                                           capture.image)
     label = check_label(capture.version or default_label())
-    taken = (await connection.execute(text(
-        "SELECT 1 FROM machine_image_version WHERE machine_image_id = :image_id"
-        " AND version = :label"), {"image_id": image_id, "label": label})).scalar()
-    if taken:
-        raise InvalidRequest(f"Version {label} already exists for this machine image")
+    await _check_label_free(connection, image_id, label)
     vm_id, _ = await source_vm(connection, capture.project_id, location_id, capture.vm)
-    await project.check_version_quota(connection, capture.project_id,
-                                      limits.default_version_quota)
     store_id = await machine_image_store.resolve(connection, capture.project_id, location_id)
     if store_id is None:
         raise InvalidRequest("No machine image store configured for this location")
     image_arch = (await connection.execute(text(
         "SELECT arch FROM machine_image WHERE id = :id"), {"id": image_id})).scalar_one()
     host_id = await _check_source(connection, vm_id, image_arch, limits.max_capture_gib)
+    await project.reserve_version(connection, capture.project_id, limits.default_version_quota)
+    await _check_label_free(connection, image_id, label)  # a capture we waited for took it?
 
     version_id = ubid.generate_from_time(ubid.TYPE_MACHINE_IMAGE_VERSION)
-    version_ubid = ubid.to_ubid(version_id)
-    await connection.execute(text(
-        "INSERT INTO machine_image_version (id, machine_image_id, version)"
-        " VALUES (:id, :image_id, :label)"),
-        {"id": version_id, "image_id": image_id, "label": label})
-    kek_id = await kek.create(connection, f"machine_image_version_{version_ubid}_{label}",
-                              master_key)
-    prefix = f"{ubid.to_ubid(capture.project_id)}/{ubid.to_ubid(image_id)}/{label}/"
-    await connection.execute(text(
-        "INSERT INTO machine_image_version_metal (id, status, archive_kek_id, store_id,"
-        " store_prefix, pinned_source_vm_id) VALUES (:id, 'creating', :kek_id, :store_id,"
-        " :prefix, :vm_id)"),
-        {"id": version_id, "kek_id": kek_id, "store_id": store_id, "prefix": prefix,
-         "vm_id": vm_id})
+    kek_id, sealed = kek.new(master_key)
     frame = {"source_vm_id": ubid.to_ubid(vm_id), "vm_host_id": ubid.to_ubid(host_id),
              "destroy_source_after": capture.destroy_source,
              "set_as_latest": capture.set_as_latest}
-    await connection.execute(text(
-        "INSERT INTO strand (id, prog, label, stack) VALUES (:id, :prog, 'archive',"
-        " jsonb_build_array(CAST(:frame AS jsonb)))"),
-        {"id": version_id, "prog": PROG, "frame": json.dumps(frame)})
+    await connection.execute(_CREATE, {
+        "id": version_id, "image_id": image_id, "label": label, "kek_id": kek_id,
+        "sealed": sealed, "auth_data": f"machine_image_version_{ubid.to_ubid(version_id)}_{label}",
+        "store_id": store_id, "vm_id": vm_id, "prog": PROG, "frame": json.dumps(frame),
+        "prefix": f"{ubid.to_ubid(capture.project_id)}/{ubid.to_ubid(image_id)}/{label}/"})
     return version_id
 
 

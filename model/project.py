@@ -24,23 +24,32 @@ class Project(Base):
 
 
 async def lock(connection: AsyncConnection, project_id: uuid.UUID) -> None:
-    """Lock the project row until the caller's transaction ends: captures in one project run
-    their checks one after another, so quota and label checks cannot race each other."""
+    """Lock the project row until the caller's transaction ends (e.g. to create an image
+    under a name checked to be free)."""
     found = (await connection.execute(text("SELECT 1 FROM project WHERE id = :id FOR UPDATE"),
                                       {"id": project_id})).scalar()
     if not found:
         raise ResourceNotFound()
 
 
-async def check_version_quota(connection: AsyncConnection, project_id: uuid.UUID,
-                              default_quota: int) -> None:
-    """Refuse one more version over the project's quota (call under `lock`)."""
-    quota = (await connection.execute(text(
-        "SELECT coalesce(version_quota, :default) FROM project WHERE id = :id"),
-        {"id": project_id, "default": default_quota})).scalar_one()
-    used = (await connection.execute(text(
-        "SELECT count(*) FROM machine_image_version v JOIN machine_image i"
-        " ON i.id = v.machine_image_id WHERE i.project_id = :id"), {"id": project_id})).scalar_one()
-    if used + 1 > quota:
+_QUOTA = ("SELECT coalesce(p.version_quota, :default) AS quota, (SELECT count(*)"
+          " FROM machine_image_version v JOIN machine_image i ON i.id = v.machine_image_id"
+          " WHERE i.project_id = p.id) AS used FROM project p WHERE p.id = :id")
+_QUOTA_LOCKED = text(f"{_QUOTA} FOR UPDATE OF p")
+
+
+async def reserve_version(connection: AsyncConnection, project_id: uuid.UUID,
+                          default_quota: int) -> None:
+    """Lock the project and refuse one more version over its quota.
+
+    The lock lasts until the caller's transaction ends: concurrent captures in one project
+    count one after another, so together they never exceed the quota. Take it last, just
+    before writing, so it is held briefly.
+    """
+    row = (await connection.execute(_QUOTA_LOCKED, {"id": project_id,
+                                                    "default": default_quota})).one_or_none()
+    if row is None:
+        raise ResourceNotFound()
+    if row.used + 1 > row.quota:
         raise ValidationFailed({"version": "Insufficient quota for machine image versions."
-                                f" Requested: {used + 1}, maximum allowed: {quota}"})
+                                f" Requested: {row.used + 1}, maximum allowed: {row.quota}"})

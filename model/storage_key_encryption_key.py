@@ -28,15 +28,10 @@ class StorageKeyEncryptionKey(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
-async def create(connection: AsyncConnection, auth_data: str, master_key: bytes) -> uuid.UUID:
-    """A new random AES-256 key, sealed under the master key."""
+def new(master_key: bytes) -> tuple[uuid.UUID, bytes]:
+    """The id of a new random AES-256 key, and the key sealed under the master key for it."""
     kek_id = ubid.generate(ubid.TYPE_STORAGE_KEY_ENCRYPTION_KEY)
-    sealed = crypto.seal(master_key, secrets.token_bytes(32), key_where(kek_id))
-    await connection.execute(text(
-        "INSERT INTO storage_key_encryption_key (id, key_sealed, auth_data)"
-        " VALUES (:id, :sealed, :auth_data)"),
-        {"id": kek_id, "sealed": sealed, "auth_data": auth_data})
-    return kek_id
+    return kek_id, crypto.seal(master_key, secrets.token_bytes(32), key_where(kek_id))
 
 
 async def key(connection: AsyncConnection, kek_id: uuid.UUID, master_key: bytes) -> bytes:

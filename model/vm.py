@@ -73,12 +73,15 @@ async def display_state(connection: AsyncConnection, vm_id: uuid.UUID) -> str | 
         "SELECT s.label, array_remove(array_agg(DISTINCT m.name), NULL) AS pending"
         " FROM strand s LEFT JOIN semaphore m ON m.strand_id = s.id"
         " WHERE s.id = :id GROUP BY s.label"), {"id": vm_id})).one_or_none()
-    if row is None:
-        return None
+    return None if row is None else state_of(row.label, row.pending)
+
+
+def state_of(label: str, pending: list[str]) -> str:
+    """The display state of a VM whose strand is at `label` with signals `pending`."""
     for name, state in PENDING:
-        if name in row.pending:
+        if name in pending:
             return state
-    return str(row.label)
+    return label
 
 
 async def is_pinned(connection: AsyncConnection, vm_id: uuid.UUID) -> bool:

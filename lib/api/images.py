@@ -174,7 +174,6 @@ async def create_version(request: Request, project_id: str, location: str, refer
         params.path(version, params.LABEL)
         body = params.body(await request.body(), {"vm": str, "destroy_source": bool}, ("vm",))
         owner = current.project(project_id)
-        await _image(current, owner, location, reference)
         capture = versions.Capture(owner, location, reference, body["vm"], version,
                                    body.get("destroy_source", False))
         version_id = await versions.assemble(current.connection, capture, _limits(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import subprocess
 import sys
 
@@ -14,14 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lib.ssh import keys
 from spec.support import strands
-from spec.support.processes import ROOT
+from spec.support.processes import ROOT, measured_env
 
 
 async def ctl(database_url: str, *args: str, env: dict[str, str] | None = None
               ) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, str(ROOT / "bin" / "ctl"), *args],
-        env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
+        env={**measured_env(), "DATABASE_URL": database_url, **(env or {})},
         capture_output=True, text=True, timeout=60)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from spec.support.processes import ROOT
+from spec.support.processes import ROOT, measured_env
 
 
 def free_port() -> int:
@@ -27,7 +26,7 @@ def free_port() -> int:
 def api_server(database_url: str, log: Path, *args: str) -> Iterator[str]:
     """Run bin/api against `database_url`; yields its base URL once it answers."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_FORMAT": "json"}
+    env = {**measured_env(), "DATABASE_URL": database_url, "LOG_FORMAT": "json"}
     with open(log, "w") as output:
         server = subprocess.Popen([sys.executable, str(ROOT / "bin" / "api"), "--port",
                                    str(port), *args], stdout=output, stderr=output, env=env)

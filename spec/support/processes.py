@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import coverage
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -21,6 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # Membership and watchdog settings short enough for tests to see them act.
 QUICK = {"heartbeat_interval": 0.5, "member_stale": 2.0, "holder_stale": 3.0,
          "fence_after": 2.5, "loop_block_limit": 2.0}
+
+
+def measured_env() -> dict[str, str]:
+    """The environment for a child process of ours (bin/ctl, bin/api, the host agent).
+
+    When the suite runs under coverage, the child (and the processes it starts) are measured
+    too: coverage's .pth hook starts it from COVERAGE_PROCESS_CONFIG, each writes a parallel
+    data file, and pytest-cov combines those at the end, as with coverage's `patch = subprocess`.
+    """
+    measuring = coverage.Coverage.current()
+    if measuring is None:
+        return dict(os.environ)
+    config = copy.copy(measuring.config)
+    config.parallel = True
+    return {**os.environ, "COVERAGE_PROCESS_CONFIG": config.serialize()}
 
 
 class RespirateProcess:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from spec.lib.host.test_unit import agent_env, wait_for
+from spec.lib.host.test_unit import wait_for
+from spec.support.processes import measured_env
 from spec.support.s3 import S3Server
 from spec.support.world import sha256_of
 
@@ -65,7 +66,7 @@ class Archive:
                  stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             self.argv(command, *args), input=self.secrets() if stdin is None else stdin,
-            capture_output=True, timeout=120, check=False, env=agent_env())
+            capture_output=True, timeout=120, check=False, env=measured_env())
 
     def create(self, disk: Path, *args: str,
                stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -387,7 +388,7 @@ def test_the_secrets_appear_in_no_argv_output_or_file(
     process = subprocess.Popen(
         archive.argv("create", "--disk", str(disk), "--stats", str(archive.stats),
                      "--progress", str(archive.progress), "--workers", "1"),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent_env())
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=measured_env())
     assert process.stdin is not None
     process.stdin.write(archive.secrets())
     process.stdin.close()
@@ -424,7 +425,7 @@ def test_create_runs_in_a_unit_with_the_secrets_through_it(
     run = subprocess.run([*unit, "run", "u1", "--", *archive.argv(
         "create", "--disk", str(disk), "--stats", str(archive.stats), "--progress",
         str(archive.progress), "--chunk-mib", "1")], input=archive.secrets(),
-        capture_output=True, timeout=60, check=False, env=agent_env())
+        capture_output=True, timeout=60, check=False, env=measured_env())
     assert run.returncode == 0, run.stderr
 
     def state() -> str:
@@ -482,7 +483,7 @@ def test_sigterm_stops_create_with_one_line_and_no_manifest(
     process = subprocess.Popen(
         archive.argv("create", "--disk", str(disk), "--stats", str(archive.stats),
                      "--progress", str(archive.progress), "--chunk-mib", "1", "--workers", "1"),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent_env())
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=measured_env())
     stdout, stderr = b"", b""
     try:
         assert process.stdin is not None

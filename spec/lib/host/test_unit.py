@@ -9,7 +9,6 @@ killed.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import os
 import re
@@ -24,8 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import coverage
 import pytest
+
+from spec.support.processes import measured_env
 
 AGENT = Path(__file__).resolve().parents[3] / "lib" / "host" / "agent.py"
 PY = sys.executable
@@ -38,21 +38,6 @@ GATED = ("import os, sys, time\n"
          "while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:\n"
          "    time.sleep(0.02)\n"
          "print('finished', flush=True)\n")
-
-
-def agent_env() -> dict[str, str]:
-    """The environment of the agent's processes.
-
-    When the suite runs under coverage, they (and the supervisors they start) are measured too:
-    coverage's .pth hook starts it from COVERAGE_PROCESS_CONFIG, each writes a parallel data file,
-    and pytest-cov combines those at the end, as with coverage's own `patch = subprocess`.
-    """
-    measuring = coverage.Coverage.current()
-    if measuring is None:
-        return dict(os.environ)
-    config = copy.copy(measuring.config)
-    config.parallel = True
-    return {**os.environ, "COVERAGE_PROCESS_CONFIG": config.serialize()}
 
 
 def wait_for(probe: Callable[[], T], what: str, timeout: float = 20.0) -> T:
@@ -89,7 +74,7 @@ class Agent:
     def __call__(self, *words: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [PY, str(AGENT), "--root", str(self.root), "unit", *words],
-            input=stdin, capture_output=True, timeout=60, check=False, env=agent_env())
+            input=stdin, capture_output=True, timeout=60, check=False, env=measured_env())
 
     def run(self, unit: str, *argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         return self("run", unit, "--", *argv, stdin=stdin)
@@ -206,7 +191,7 @@ def test_concurrent_runs_of_one_unit_start_it_once(agent: Agent, go: Path) -> No
     command = [PY, str(AGENT), "--root", str(agent.root), "unit", "run", "u1", "--",
                PY, "-c", GATED, str(go)]
     runs = [subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=agent_env()) for _ in range(4)]
+                             env=measured_env()) for _ in range(4)]
     assert sorted(run.wait(timeout=60) for run in runs) == [0, 3, 3, 3]
     wait_for(lambda: agent.logs("u1") == b"started\n", "the command to start")
     go.touch()
@@ -258,7 +243,7 @@ print(stat(pid), check.stdout)
 def test_unit_whose_processes_are_unreaped_zombies_is_failed(agent: Agent) -> None:
     helper = subprocess.run(
         [PY, "-c", REAPERLESS, PY, str(AGENT), "--root", str(agent.root), "unit"],
-        capture_output=True, text=True, timeout=60, check=False, env=agent_env())
+        capture_output=True, text=True, timeout=60, check=False, env=measured_env())
     assert (helper.returncode, helper.stdout, helper.stderr) == (0, "Z Failed\n", "")
 
 
@@ -354,7 +339,7 @@ def test_unit_keeps_running_after_run_and_its_callers_session_are_gone(
     run = shlex.join([PY, str(AGENT), "--root", str(agent.root), "unit", "run", "u1", "--",
                       PY, "-c", GATED, str(go)])
     caller = subprocess.Popen(["sh", "-c", f"{run} </dev/null && echo ran && exec sleep 120"],
-                              stdout=subprocess.PIPE, start_new_session=True, env=agent_env())
+                              stdout=subprocess.PIPE, start_new_session=True, env=measured_env())
     assert caller.stdout is not None
     assert caller.stdout.readline() == b"ran\n"
     os.killpg(caller.pid, signal.SIGHUP)
