@@ -32,10 +32,10 @@ async def lock(connection: AsyncConnection, project_id: uuid.UUID) -> None:
         raise ResourceNotFound()
 
 
-_QUOTA = ("SELECT coalesce(p.version_quota, :default) AS quota, (SELECT count(*)"
-          " FROM machine_image_version v JOIN machine_image i ON i.id = v.machine_image_id"
-          " WHERE i.project_id = p.id) AS used FROM project p WHERE p.id = :id")
-_QUOTA_LOCKED = text(f"{_QUOTA} FOR UPDATE OF p")
+_QUOTA = text("SELECT coalesce(p.version_quota, :default) AS quota, (SELECT count(*)"
+               " FROM machine_image_version v JOIN machine_image i"
+               " ON i.id = v.machine_image_id WHERE i.project_id = p.id) AS used"
+               " FROM project p WHERE p.id = :id")
 
 
 async def reserve_version(connection: AsyncConnection, project_id: uuid.UUID,
@@ -46,10 +46,10 @@ async def reserve_version(connection: AsyncConnection, project_id: uuid.UUID,
     count one after another, so together they never exceed the quota. Take it last, just
     before writing, so it is held briefly.
     """
-    row = (await connection.execute(_QUOTA_LOCKED, {"id": project_id,
-                                                    "default": default_quota})).one_or_none()
-    if row is None:
-        raise ResourceNotFound()
+    await lock(connection, project_id)
+    # Counted in a statement after the lock's: one statement's snapshot predates its wait for
+    # the lock, and would miss the versions of the capture it waited for.
+    row = (await connection.execute(_QUOTA, {"id": project_id, "default": default_quota})).one()
     if row.used + 1 > row.quota:
         raise ValidationFailed({"version": "Insufficient quota for machine image versions."
                                 f" Requested: {row.used + 1}, maximum allowed: {row.quota}"})

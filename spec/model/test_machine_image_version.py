@@ -243,3 +243,37 @@ async def test_destroy_requests(seeded: World) -> None:
                                 " strand_id = :id AND name = 'destroy'", id=version_id) == 2
 
 
+
+
+async def test_concurrent_captures_never_exceed_the_quota(seeded: World) -> None:
+    await strands.execute(seeded.engine, "UPDATE project SET version_quota = 3")
+    vms = [(await seeded.vm(f"src{n}"))[0] for n in range(8)]
+    results = await asyncio.gather(*(seeded.capture(vm_id, f"v{n}")
+                                     for n, vm_id in enumerate(vms)), return_exceptions=True)
+    assert sum(isinstance(r, uuid.UUID) for r in results) == 3
+    assert {type(r) for r in results if not isinstance(r, uuid.UUID)} == {ValidationFailed}
+    assert await strands.scalar(seeded.engine, "SELECT count(*) FROM machine_image_version") == 3
+
+
+async def test_a_destroyed_version_frees_its_place_in_the_quota(seeded: World) -> None:
+    await strands.execute(seeded.engine, "UPDATE project SET version_quota = 1")
+    first, _, _ = await seeded.vm("one")
+    second, _, _ = await seeded.vm("two")
+    version_id = await seeded.capture(first, "v1")
+    await refused(seeded, second, ValidationFailed,
+                  "Validation failed for following fields: version", version="v2")
+    # What finish_destroy deletes.
+    for table in ("strand", "machine_image_version_metal", "machine_image_version"):
+        await strands.execute(seeded.engine, f"DELETE FROM {table} WHERE id = :id",
+                              id=version_id)
+    assert await seeded.capture(second, "v2")
+
+
+async def test_a_quota_lowered_below_use_refuses_new_versions(seeded: World) -> None:
+    for n in range(3):
+        await seeded.capture((await seeded.vm(f"src{n}"))[0], f"v{n}")
+    await strands.execute(seeded.engine, "UPDATE project SET version_quota = 2")
+    error = await refused(seeded, (await seeded.vm("late"))[0], ValidationFailed,
+                          "Validation failed for following fields: version", version="v9")
+    assert error.details == {"version": "Insufficient quota for machine image versions."
+                                        " Requested: 4, maximum allowed: 2"}
