@@ -25,11 +25,13 @@ BASE = "/project/{project_id}/location/{location}/machine-image"
 NAME_TAKEN = "Machine image with this name already exists in this location"
 
 
-async def _image(current: Scope, project_id: uuid.UUID, location: str,
-                 reference: str) -> uuid.UUID:
+async def _image(current: Scope, project_id: str, location: str,
+                 reference: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The caller's project, and its image named in the path (404 when either is not)."""
+    owner = current.project(project_id)
     params.path(reference, params.REFERENCE)
     location_id = await current.location(location)
-    return await machine_image.lookup(current.connection, project_id, location_id, reference)
+    return owner, await machine_image.lookup(current.connection, owner, location_id, reference)
 
 
 async def _name_taken(connection: AsyncConnection, project_id: uuid.UUID,
@@ -94,8 +96,7 @@ async def create_image(request: Request, project_id: str, location: str,
 async def get_image(request: Request, project_id: str, location: str,
                     reference: str) -> dict[str, Any]:
     async with scope(request) as current:
-        owner = current.project(project_id)
-        image_id = await _image(current, owner, location, reference)
+        owner, image_id = await _image(current, project_id, location, reference)
         return await render.image(current.connection, owner, image_id)
 
 
@@ -104,8 +105,7 @@ async def set_latest(request: Request, project_id: str, location: str,
                      reference: str) -> dict[str, Any]:
     async with scope(request, "update_latest_version") as current:
         body = params.body(await request.body(), {"latest_version": str}, ("latest_version",))
-        owner = current.project(project_id)
-        image_id = await _image(current, owner, location, reference)
+        owner, image_id = await _image(current, project_id, location, reference)
         current.resource = ubid.to_ubid(image_id)
         await machine_image.set_latest(current.connection, image_id, body["latest_version"])
         return await render.image(current.connection, owner, image_id)
@@ -116,8 +116,7 @@ async def rename_image(request: Request, project_id: str, location: str,
                        reference: str) -> dict[str, Any]:
     async with scope(request, "rename") as current:
         body = params.body(await request.body(), {"name": str}, ("name",))
-        owner = current.project(project_id)
-        image_id = await _image(current, owner, location, reference)
+        owner, image_id = await _image(current, project_id, location, reference)
         current.resource = ubid.to_ubid(image_id)
         new = body["name"]
         old = await render.image(current.connection, owner, image_id)
@@ -140,9 +139,9 @@ async def rename_image(request: Request, project_id: str, location: str,
 async def delete_image(request: Request, project_id: str, location: str,
                        reference: str) -> Response:
     async with scope(request, "destroy") as current:
-        owner = current.project(project_id)
+        current.project(project_id)  # another project's path is not found, not "deleted"
         try:
-            image_id = await _image(current, owner, location, reference)
+            _, image_id = await _image(current, project_id, location, reference)
         except ResourceNotFound:
             return Response(status_code=204)  # deleting what is not there is done
         current.resource = ubid.to_ubid(image_id)
@@ -161,8 +160,7 @@ async def delete_image(request: Request, project_id: str, location: str,
 async def list_versions(request: Request, project_id: str, location: str,
                         reference: str) -> dict[str, Any]:
     async with scope(request) as current:
-        owner = current.project(project_id)
-        image_id = await _image(current, owner, location, reference)
+        _, image_id = await _image(current, project_id, location, reference)
         return await render.versions(current.connection, image_id)
 
 
@@ -187,8 +185,7 @@ async def delete_version(request: Request, project_id: str, location: str, refer
                          version: str) -> Response:
     async with scope(request, "destroy") as current:
         params.path(version, params.LABEL)
-        owner = current.project(project_id)
-        image_id = await _image(current, owner, location, reference)
+        _, image_id = await _image(current, project_id, location, reference)
         version_id = await versions.request_destroy(current.connection, image_id, version)
         current.resource = ubid.to_ubid(version_id)
         return Response(status_code=204)

@@ -72,6 +72,10 @@ async def test_another_projects_images_are_indistinguishable_from_none(api: Api)
         assert (theirs.status_code, theirs.json()) == (404, NOT_FOUND)
     missing = await api.client.get(f"{api.base}/nothing", headers=api.auth())
     assert (missing.status_code, missing.json()) == (404, NOT_FOUND)
+    # Not "deleted" (204) either: another project's path is simply not found.
+    theirs = await api.client.delete(f"{api.base}/base", headers=api.auth(their_token))
+    assert (theirs.status_code, theirs.json()) == (404, NOT_FOUND)
+    assert (await api.get(f"{api.base}/base")).status_code == 200
 
 
 # -- validation ------------------------------------------------------------------------------
