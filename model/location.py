@@ -23,8 +23,9 @@ class Location(Base):
 
 async def by_name(connection: AsyncConnection, name: str) -> uuid.UUID:
     """The location's id; InvalidLocation (naming those that exist) when there is none."""
-    found = (await connection.execute(text("SELECT id FROM location WHERE name = :name"),
-                                      {"name": name})).scalar()
+    # PostgreSQL text cannot hold NUL, and no location is named with one.
+    found = None if "\x00" in name else (await connection.execute(
+        text("SELECT id FROM location WHERE name = :name"), {"name": name})).scalar()
     if found is None:
         names = (await connection.execute(text("SELECT name FROM location ORDER BY name"))
                  ).scalars().all()

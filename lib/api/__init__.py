@@ -77,7 +77,10 @@ def create_app(engine: AsyncEngine | None = None, pool_size: int = 10) -> FastAP
             refusal.status, refusal.type = 405, "MethodNotAllowed"
             return JSONResponse(refusal.body(), status_code=405,
                                 headers={"Allow": ", ".join(_methods(app, request))})
-        return JSONResponse(ResourceNotFound().body(), status_code=404)
+        # The reference's generic 404 has no `details` (errors raised by handlers do).
+        body = ResourceNotFound().body()
+        del body["error"]["details"]
+        return JSONResponse(body, status_code=404)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -18,6 +18,7 @@ LABEL = "^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$"
 NAME_RULE = ("Name must only contain lowercase letters, numbers, and hyphens and have max"
              " length 63.")
 MAX_PAGE = 1000
+MAX_BODY = 64 * 1024
 ORDER_COLUMNS = ("id", "name")
 TYPE_NAMES = {str: "string", bool: "boolean"}
 
@@ -30,7 +31,8 @@ def no_nul(value: str, name: str) -> str:
 
 
 def path(value: str, pattern: str) -> str:
-    if re.search(pattern, value) is None:
+    # `$` in Python also matches before a final newline; the database's `$` does not.
+    if re.search(pattern.removesuffix("$") + r"\Z", value) is None:
         raise BadRequest(f'Parameter "{value}" does not match pattern {pattern}')
     return value
 
@@ -38,9 +40,12 @@ def path(value: str, pattern: str) -> str:
 def body(raw: bytes, properties: Mapping[str, type], required: tuple[str, ...]
          ) -> dict[str, Any]:
     """A JSON object with only the declared properties, of their declared types."""
+    if len(raw) > MAX_BODY:
+        raise BadRequest("Validation failed for following fields: body",
+                         {"body": f"Request body is larger than {MAX_BODY} bytes."})
     try:
         data = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     if not isinstance(data, dict):
         raise BadRequest("Validation failed for following fields: body",

@@ -35,7 +35,7 @@ class Scope:
         return self.principal.project_id
 
     async def location(self, name: str) -> uuid.UUID:
-        return await locations.by_name(self.connection, params.no_nul(name, "location"))
+        return await locations.by_name(self.connection, name)
 
 
 @asynccontextmanager
