@@ -22,6 +22,9 @@ def create_engine(url: URL | str, *, pool_size: int = 5, application_name: str =
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
+        # Database errors are logged and kept on strands: keep bound values (sealed keys,
+        # token hashes) out of their text.
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": application_name}},
         **options,
     )

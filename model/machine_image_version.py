@@ -117,7 +117,7 @@ async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arc
     """Lock the VM, then check it can be captured; returns its host."""
     # Facts are read after the lock, in a statement of their own: it sees what a concurrent
     # capture or start that held the lock committed.
-    await connection.execute(text("SELECT 1 FROM vm WHERE id = :id FOR UPDATE"), {"id": vm_id})
+    await vms.lock(connection, vm_id)
     vm = (await connection.execute(_SOURCE_FACTS, {"id": vm_id})).one()
     if vm.pinned:
         raise InvalidRequest(
@@ -159,9 +159,14 @@ async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits
     store_id = await machine_image_store.resolve(connection, capture.project_id, location_id)
     if store_id is None:
         raise InvalidRequest("No machine image store configured for this location")
-    image_arch = (await connection.execute(text(
-        "SELECT arch FROM machine_image WHERE id = :id"), {"id": image_id})).scalar_one()
-    host_id = await _check_source(connection, vm_id, image_arch, limits.max_capture_gib)
+    # Key-share: the image cannot be deleted (FOR UPDATE) under this capture, which would
+    # then find it gone; deleting waits, and sees this version.
+    image = (await connection.execute(text(
+        "SELECT arch, latest_version_id FROM machine_image WHERE id = :id FOR KEY SHARE"),
+        {"id": image_id})).one_or_none()
+    if image is None:
+        raise ResourceNotFound()
+    host_id = await _check_source(connection, vm_id, image.arch, limits.max_capture_gib)
     await project.reserve_version(connection, capture.project_id, limits.default_version_quota)
     await _check_label_free(connection, image_id, label)  # a capture we waited for took it?
 
@@ -169,7 +174,9 @@ async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits
     kek_id, sealed = kek.new(master_key)
     frame = {"source_vm_id": ubid.to_ubid(vm_id), "vm_host_id": ubid.to_ubid(host_id),
              "destroy_source_after": capture.destroy_source,
-             "set_as_latest": capture.set_as_latest}
+             "set_as_latest": capture.set_as_latest,
+             # finish_archive moves `latest` only if nobody moved it meanwhile.
+             "latest_at_start": image.latest_version_id and ubid.to_ubid(image.latest_version_id)}
     await connection.execute(_CREATE, {
         "id": version_id, "image_id": image_id, "label": label, "kek_id": kek_id,
         "sealed": sealed, "auth_data": f"machine_image_version_{ubid.to_ubid(version_id)}_{label}",

@@ -90,12 +90,18 @@ async def is_pinned(connection: AsyncConnection, vm_id: uuid.UUID) -> bool:
         {"id": vm_id})).scalar())
 
 
-async def _lock(connection: AsyncConnection, vm_id: uuid.UUID, pinned_message: str) -> None:
-    """Lock the VM row (captures take the same lock) and refuse while a capture pins it."""
+async def lock(connection: AsyncConnection, vm_id: uuid.UUID) -> None:
+    """Lock the VM row until the caller's transaction ends; captures, starts and destroys
+    take it first, before any project lock."""
     found = (await connection.execute(text("SELECT 1 FROM vm WHERE id = :id FOR UPDATE"),
                                       {"id": vm_id})).scalar()
     if not found:
         raise ResourceNotFound()
+
+
+async def _lock(connection: AsyncConnection, vm_id: uuid.UUID, pinned_message: str) -> None:
+    """Lock the VM row and refuse while a capture pins it."""
+    await lock(connection, vm_id)
     if await is_pinned(connection, vm_id):
         raise InvalidRequest(pinned_message)
 

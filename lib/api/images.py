@@ -17,7 +17,7 @@ from lib import config, crypto, ubid
 from lib.api import params, render
 from lib.api.scope import Scope, scope
 from lib.errors import BadRequest, InvalidRequest, ResourceNotFound, ValidationFailed
-from model import machine_image, project
+from model import machine_image, project, vm
 from model import machine_image_version as versions
 
 router = APIRouter()
@@ -73,10 +73,16 @@ async def create_image(request: Request, project_id: str, location: str,
                                                   "destroy_source": bool}, ("vm",))
         owner = current.project(project_id)
         location_id = await current.location(location)
+        if await _name_taken(current.connection, owner, location_id, reference):
+            raise InvalidRequest(NAME_TAKEN)
+        vm_id, arch = await versions.source_vm(current.connection, owner, location_id,
+                                               body["vm"])
+        # The locks captures take, in their order (VM, then project); the project's makes
+        # the name check final.
+        await vm.lock(current.connection, vm_id)
         await project.lock(current.connection, owner)
         if await _name_taken(current.connection, owner, location_id, reference):
             raise InvalidRequest(NAME_TAKEN)
-        _, arch = await versions.source_vm(current.connection, owner, location_id, body["vm"])
         image_id = ubid.generate_from_time(ubid.TYPE_MACHINE_IMAGE)
         current.resource = ubid.to_ubid(image_id)
         await current.connection.execute(text(

@@ -31,22 +31,34 @@ async def delete_page(description: Mapping[str, Any], prefix: str) -> int:
     if not prefix.endswith("/") or prefix.startswith("/"):
         raise ValueError(f"a store prefix is relative and ends in '/', not {prefix!r}")
     store = open_store(description)
+    paths: list[str] = []
     try:
-        paths: list[str] = []
-        async for batch in obstore.list(store, prefix=prefix, chunk_size=PAGE):
-            paths.extend(meta["path"] for meta in batch)
-            if len(paths) >= PAGE:
-                break
+        try:
+            async for batch in obstore.list(store, prefix=prefix, chunk_size=PAGE):
+                paths.extend(meta["path"] for meta in batch)
+                if len(paths) >= PAGE:
+                    break
+        except NotFoundError:
+            paths = []  # nothing was ever written there
         paths = paths[:PAGE]
         if paths:
-            await obstore.delete_async(store, paths)
-    except NotFoundError:
-        paths = []
+            # An object already gone counts as deleted; the caller lists again until empty.
+            with contextlib.suppress(NotFoundError):
+                await obstore.delete_async(store, paths)
     except BaseError as error:
-        raise StoreError(f"deleting under {prefix}: {reason(error)}") from None
+        raise StoreError(_redact(f"deleting under {prefix}: {reason(error)}", description)
+                         ) from None
     if not paths and description["kind"] == "directory":
         _prune(Path(description["path"]), prefix)
     return len(paths)
+
+
+def _redact(text: str, description: Mapping[str, Any]) -> str:
+    """A store's error text, without its credentials (S3 replies may quote the key id)."""
+    for key in ("access_key", "secret_key"):
+        if description.get(key):
+            text = text.replace(description[key], "[redacted]")
+    return text
 
 
 def _prune(root: Path, prefix: str) -> None:
