@@ -97,8 +97,7 @@ class VersionNexus(Prog):
             stats = await agent.archive_stats(host, self.unit)
             self.frame_set("logical_size_bytes", stats["logical_size_bytes"])
             self.frame_set("physical_size_bytes", stats["physical_size_bytes"])
-            await agent.unit(host, "clean", self.unit)
-            self.hop(self.finish_archive)
+            self.hop(self.finish_archive)  # which cleans the unit: stats stay until saved
         if state == "Failed":
             await self._archive_failed(host)
         logger.warning("unexpected unit state", unit=self.unit, state=state)
@@ -118,11 +117,13 @@ class VersionNexus(Prog):
                 " pinned_source_vm_id = NULL, failure_reason = :reason WHERE id = :id"),
                 {"reason": f"archive failed {failures} times; last: {reason}",
                  "id": self.strand_id})
+            self.unregister_deadline(self.wait)  # failed, reason recorded: nothing to page
             self.hop(self.destroy_objects)
         self.nap(RETRY_AFTER * failures)
 
     @label
     async def finish_archive(self) -> None:
+        await agent.unit(await self._host(), "clean", self.unit)
         metal = await self._metal()
         if self.set_as_latest:
             await machine_image.lock(self.connection, metal.machine_image_id)
@@ -136,9 +137,13 @@ class VersionNexus(Prog):
         if self.destroy_source_after:
             await semaphore.incr(self.connection, ubid.to_uuid(self.source_vm_id), "destroy")
         if self.set_as_latest:
+            # Unless someone chose another latest (or a later capture finished) meanwhile.
+            start = self.frame.get("latest_at_start")
             await self.connection.execute(text(
-                "UPDATE machine_image SET latest_version_id = :id WHERE id = :image_id"),
-                {"id": self.strand_id, "image_id": metal.machine_image_id})
+                "UPDATE machine_image SET latest_version_id = :id WHERE id = :image_id"
+                " AND latest_version_id IS NOT DISTINCT FROM :start"),
+                {"id": self.strand_id, "image_id": metal.machine_image_id,
+                 "start": start and ubid.to_uuid(start)})
         self.hop(self.wait)
 
     @label

@@ -24,6 +24,8 @@ class Nexus(Prog):
 
     @label
     async def running(self) -> None:
+        if self.is_set("start"):
+            await self.decr("start")  # already running: a stale start must not linger
         if self.is_set("stop"):
             await self.decr("stop")
             self.hop(self.stopped)
@@ -31,6 +33,8 @@ class Nexus(Prog):
 
     @label
     async def stopped(self) -> None:
+        if self.is_set("stop"):
+            await self.decr("stop")  # already stopped
         if self.is_set("start"):
             await self.decr("start")
             if not await vm.is_pinned(self.connection, self.strand_id):

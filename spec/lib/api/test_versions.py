@@ -52,7 +52,8 @@ async def test_the_seeds_post_creates_a_capturing_version(api: Api) -> None:
     assert (strand.prog, strand.label) == ("MachineImage.VersionNexus", "archive")
     assert strand.stack[0] == {"source_vm_id": ubid.to_ubid(vm_id),
                                "vm_host_id": ubid.to_ubid(api.world.host_id),
-                               "destroy_source_after": True, "set_as_latest": True}
+                               "destroy_source_after": True, "set_as_latest": True,
+                               "latest_at_start": None}
 
 
 async def test_version_refusals_change_nothing(api: Api) -> None:

@@ -20,7 +20,7 @@ from lib import crypto, ubid
 from lib.scheduling import timefmt
 from lib.scheduling.runner import StrandRunner
 from lib.ssh import agent
-from model import machine_image_store
+from model import machine_image, machine_image_store
 from model import machine_image_version as versions
 from model import storage_key_encryption_key as kek
 from spec.support import s3, strands
@@ -261,3 +261,19 @@ async def test_store_credentials_and_keys_reach_the_host_only_through_stdin(
                 with contextlib.suppress(OSError):
                     content = path.read_bytes()
                     assert not any(s.encode() in content for s in secrets), path
+
+
+async def test_a_finished_capture_leaves_a_latest_chosen_meanwhile(
+        world: World, runner: StrandRunner) -> None:
+    ids = {}
+    for label in ("v0", "v1"):
+        vm_id, _, _ = await world.vm(f"src-{label}")
+        ids[label] = await world.capture(vm_id, label)
+        await drive(runner, world.engine, ids[label], "wait")
+    assert await latest(world) == ids["v1"]
+    vm_id, _, _ = await world.vm("src-v2")
+    v2 = await world.capture(vm_id, "v2")  # begins while v1 is latest
+    async with world.engine.begin() as connection:  # an operator rolls back meanwhile
+        await machine_image.set_latest(connection, world.image_id, "v0")
+    await drive(runner, world.engine, v2, "wait")
+    assert await latest(world) == ids["v0"]  # unlike the reference, the choice stands
