@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from lib import errors
 from lib.config import normalize_database_url
+
+CHECK_VIOLATION = "23514"
 
 
 def create_engine(url: URL | str, *, pool_size: int = 5, application_name: str = "imagecp",
@@ -30,6 +35,49 @@ def create_engine(url: URL | str, *, pool_size: int = 5, application_name: str =
     )
 
 
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()`, with refusals the database enforces (some only at commit) raised as
+    the API errors they stand for."""
+    try:
+        async with engine.begin() as connection:
+            yield connection
+    except DBAPIError as error:
+        refusal = refusal_of(error)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: SQLAlchemy's error wraps its adapter's, which wraps
+    asyncpg's (a bounded walk: chains can be cyclic)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return
+        yield seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+
+
+def refusal_of(error: BaseException) -> errors.ApiError | None:
+    """The refusal a database error stands for: a trigger refuses a request field as
+    SQLSTATE 23514 with COLUMN set (plain CHECK constraints set none, and are not ours)."""
+    for cause in _causes(error):
+        column = getattr(cause, "column_name", None)
+        if getattr(cause, "sqlstate", None) == CHECK_VIOLATION and column:
+            return errors.ValidationFailed({column: str(getattr(cause, "message", cause))})
+    return None
+
+
+def violated_constraint(error: BaseException) -> str | None:
+    """The name of the constraint a database error reports as violated, if any."""
+    for cause in _causes(error):
+        if name := getattr(cause, "constraint_name", None):
+            return str(name)
+    return None
+
+
 _DISCONNECTS = (
     ConnectionError,
     OSError,
@@ -47,12 +95,4 @@ def is_disconnect(error: BaseException, raw: asyncpg.Connection | None = None) -
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    # SQLAlchemy wraps its own adapter exception, which wraps asyncpg's: walk the chain.
-    seen: BaseException | None = error
-    for _ in range(8):  # a bounded walk: chains can be cyclic
-        if seen is None:
-            break
-        if isinstance(seen, _DISCONNECTS):
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return any(isinstance(cause, _DISCONNECTS) for cause in _causes(error))

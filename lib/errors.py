@@ -81,3 +81,4 @@ class InvalidCredentials(ApiError):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": 401, "type": self.type, "message": self.message}}
+

@@ -27,7 +27,12 @@ async def by_name(connection: AsyncConnection, name: str) -> uuid.UUID:
     found = None if "\x00" in name else (await connection.execute(
         text("SELECT id FROM location WHERE name = :name"), {"name": name})).scalar()
     if found is None:
-        names = (await connection.execute(text("SELECT name FROM location ORDER BY name"))
-                 ).scalars().all()
-        raise InvalidLocation(list(names))
+        raise await unknown(connection)
     return uuid.UUID(str(found))
+
+
+async def unknown(connection: AsyncConnection) -> InvalidLocation:
+    """The refusal of a location that does not exist: it names those that do."""
+    names = (await connection.execute(text("SELECT name FROM location ORDER BY name"))
+             ).scalars().all()
+    return InvalidLocation(list(names))

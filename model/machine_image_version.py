@@ -13,14 +13,16 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from lib import ubid
+from lib import db, ubid
 from lib.errors import InvalidRequest, ResourceNotFound
-from model import location, machine_image, machine_image_store, project, semaphore
+from model import location, project, semaphore
 from model import storage_key_encryption_key as kek
 from model import vm as vms
 from model.base import Base
@@ -74,30 +76,56 @@ class Limits:
     default_version_quota: int
 
 
+def vm_id_of(reference: str) -> uuid.UUID:
+    """The VM a request names by UBID; a malformed one is refused as the reference does."""
+    try:
+        return ubid.to_uuid(reference)
+    except ubid.UbidParseError:
+        raise InvalidRequest("Value provided not a valid id for parameter vm") from None
+
+
 async def source_vm(connection: AsyncConnection, project_id: uuid.UUID,
                     location_id: uuid.UUID, reference: str) -> tuple[uuid.UUID, str]:
     """The project's VM in the location named by a UBID; returns its id and arch."""
-    try:
-        vm_id = ubid.to_uuid(reference)
-    except ubid.UbidParseError:
-        raise InvalidRequest("Value provided not a valid id for parameter vm") from None
-    arch = (await connection.execute(text(
-        "SELECT arch FROM vm WHERE id = :id AND project_id = :project_id"
-        " AND location_id = :location_id"),
-        {"id": vm_id, "project_id": project_id, "location_id": location_id})).scalar()
-    if arch is None:
+    vm_id = vm_id_of(reference)
+    # By primary key alone, the owner compared on the row: a plan through the
+    # (project, location, name) index would scan every VM of a large project.
+    row = (await connection.execute(text(
+        "SELECT arch, project_id = :project_id AND location_id = :location_id AS visible"
+        " FROM vm WHERE id = :id"),
+        {"id": vm_id, "project_id": project_id, "location_id": location_id})).one_or_none()
+    if row is None or not row.visible:
         raise InvalidRequest("Source VM not found")
-    return vm_id, str(arch)
+    return vm_id, str(row.arch)
 
 
+# Everything a capture request is checked against before the VM is locked, in one statement.
+# The image is key-shared: it cannot be deleted under this capture (deleting waits, then sees
+# this version). The project's default quota is named for the quota trigger (migration 0006).
+_REQUEST = text(
+    "WITH place AS (SELECT id FROM location WHERE name = :location),"
+    " image AS (SELECT i.id, i.arch, i.latest_version_id FROM machine_image i"
+    " WHERE i.project_id = :project_id AND i.location_id = (SELECT id FROM place)"
+    " AND (i.id = :image_id OR i.name = :image_name) FOR KEY SHARE)"
+    " SELECT (SELECT id FROM place) AS location_id, image.id AS image_id,"
+    " image.arch AS image_arch, image.latest_version_id,"
+    " EXISTS (SELECT 1 FROM machine_image_version v WHERE v.machine_image_id = image.id"
+    " AND v.version = :label) AS label_taken,"
+    # By primary key alone: a plan through (project, location, name) would scan every VM.
+    " coalesce((SELECT vm.project_id = p.id AND vm.location_id = (SELECT id FROM place)"
+    " FROM vm WHERE vm.id = :vm_id), false) AS vm_visible,"
+    " p.versions_held, coalesce(p.version_quota, :default_quota) AS quota,"
+    " (SELECT s.id FROM machine_image_store s WHERE s.location_id = (SELECT id FROM place)"
+    " AND (s.project_id = p.id OR s.project_id IS NULL) ORDER BY s.project_id IS NULL"
+    " LIMIT 1) AS store_id,"
+    " set_config('imagecp.version_quota', :default_quota_setting, true) IS NOT NULL AS named"
+    " FROM project p LEFT JOIN image ON true WHERE p.id = :project_id")
 _SOURCE_FACTS = text(
     "SELECT v.arch, v.vm_host_id, EXISTS (SELECT 1 FROM machine_image_version_metal m"
     " WHERE m.pinned_source_vm_id = v.id) AS pinned,"
     " ARRAY(SELECT size_bytes FROM vm_storage_volume WHERE vm_id = v.id) AS sizes,"
     " s.label, ARRAY(SELECT name FROM semaphore WHERE strand_id = v.id) AS pending"
     " FROM vm v LEFT JOIN strand s ON s.id = v.id WHERE v.id = :id")
-_LABEL_TAKEN = text("SELECT 1 FROM machine_image_version WHERE machine_image_id = :image_id"
-                    " AND version = :label")
 # One statement writes the version, its key, its metal record (pinning the VM) and its
 # strand; foreign keys between them are checked at the statement's end.
 _CREATE = text(
@@ -110,6 +138,11 @@ _CREATE = text(
     " :store_id, :prefix, :vm_id))"
     " INSERT INTO strand (id, prog, label, stack) SELECT id, :prog, 'archive',"
     " jsonb_build_array(CAST(:frame AS jsonb)) FROM version")
+# Concurrent captures that passed their checks together meet these constraints instead.
+LABEL_TAKEN = "Version {label} already exists for this machine image"
+PINNED = "Another machine image version is already being captured from this source VM"
+_CONSTRAINTS = {"machine_image_version_machine_image_id_version_key": LABEL_TAKEN,
+                "machine_image_version_metal_pinned_source_vm_id_key": PINNED}
 
 
 async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arch: str,
@@ -117,11 +150,13 @@ async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arc
     """Lock the VM, then check it can be captured; returns its host."""
     # Facts are read after the lock, in a statement of their own: it sees what a concurrent
     # capture or start that held the lock committed.
-    await vms.lock(connection, vm_id)
+    try:
+        await vms.lock(connection, vm_id)
+    except ResourceNotFound:  # deleted since the request was read
+        raise InvalidRequest("Source VM not found") from None
     vm = (await connection.execute(_SOURCE_FACTS, {"id": vm_id})).one()
     if vm.pinned:
-        raise InvalidRequest(
-            "Another machine image version is already being captured from this source VM")
+        raise InvalidRequest(PINNED)
     if vm.arch != image_arch:
         raise InvalidRequest(
             f"Source VM arch ({vm.arch}) does not match machine image arch ({image_arch})")
@@ -136,52 +171,80 @@ async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arc
     return uuid.UUID(str(vm.vm_host_id))
 
 
-async def _check_label_free(connection: AsyncConnection, image_id: uuid.UUID,
-                            label: str) -> None:
-    if (await connection.execute(_LABEL_TAKEN, {"image_id": image_id, "label": label})
-            ).scalar():
-        raise InvalidRequest(f"Version {label} already exists for this machine image")
+def _text_or_none(value: str) -> str | None:
+    """PostgreSQL text cannot hold NUL: such a name matches nothing, so ask for nothing."""
+    return None if "\x00" in value else value
+
+
+async def _request(connection: AsyncConnection, capture: Capture, label: str,
+                   vm_id: uuid.UUID | None, default_quota: int) -> Any:
+    by_id = ubid.is_valid(capture.image, ubid.TYPE_MACHINE_IMAGE)
+    row = (await connection.execute(_REQUEST, {
+        "location": _text_or_none(capture.location), "project_id": capture.project_id,
+        "image_id": ubid.to_uuid(capture.image) if by_id else None,
+        "image_name": _text_or_none(capture.image),
+        "label": label if LABEL.fullmatch(label) else None, "vm_id": vm_id,
+        "default_quota": default_quota,
+        "default_quota_setting": str(default_quota)})).one_or_none()
+    if row is None:
+        raise ResourceNotFound()  # no such project
+    return row
 
 
 async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits, *,
                    master_key: bytes) -> uuid.UUID:
     """Start capturing a version; returns its id. Raises an ApiError and writes nothing.
 
-    Checks run in the reference's order, except the quota, which is counted last, under the
-    project's lock (held until commit), just before writing.
+    The request's facts are read in one statement, then checked in the reference's order;
+    then the VM is locked and checked. The quota is checked here and, for captures racing
+    each other, once more by the database at commit (db.transaction raises that refusal).
     """
-    location_id = await location.by_name(connection, capture.location)
-    image_id = await machine_image.lookup(connection, capture.project_id, location_id,
-                                          capture.image)
-    label = check_label(capture.version or default_label())
-    await _check_label_free(connection, image_id, label)
-    vm_id, _ = await source_vm(connection, capture.project_id, location_id, capture.vm)
-    store_id = await machine_image_store.resolve(connection, capture.project_id, location_id)
-    if store_id is None:
-        raise InvalidRequest("No machine image store configured for this location")
-    # Key-share: the image cannot be deleted (FOR UPDATE) under this capture, which would
-    # then find it gone; deleting waits, and sees this version.
-    image = (await connection.execute(text(
-        "SELECT arch, latest_version_id FROM machine_image WHERE id = :id FOR KEY SHARE"),
-        {"id": image_id})).one_or_none()
-    if image is None:
+    label = capture.version or default_label()
+    try:
+        vm_id: uuid.UUID | None = vm_id_of(capture.vm)
+        malformed_vm = None
+    except InvalidRequest as error:
+        vm_id, malformed_vm = None, error
+    facts = await _request(connection, capture, label, vm_id, limits.default_version_quota)
+    if facts.location_id is None:
+        raise await location.unknown(connection)
+    if facts.image_id is None:
         raise ResourceNotFound()
-    host_id = await _check_source(connection, vm_id, image.arch, limits.max_capture_gib)
-    await project.reserve_version(connection, capture.project_id, limits.default_version_quota)
-    await _check_label_free(connection, image_id, label)  # a capture we waited for took it?
+    check_label(label)
+    if facts.label_taken:
+        raise InvalidRequest(LABEL_TAKEN.format(label=label))
+    if malformed_vm is not None:
+        raise malformed_vm
+    if not facts.vm_visible:
+        raise InvalidRequest("Source VM not found")
+    if facts.versions_held + 1 > facts.quota:
+        raise project.quota_refusal(facts.versions_held + 1, facts.quota)
+    if facts.store_id is None:
+        raise InvalidRequest("No machine image store configured for this location")
+    assert vm_id is not None
+    host_id = await _check_source(connection, vm_id, facts.image_arch, limits.max_capture_gib)
 
     version_id = ubid.generate_from_time(ubid.TYPE_MACHINE_IMAGE_VERSION)
     kek_id, sealed = kek.new(master_key)
+    latest = facts.latest_version_id
     frame = {"source_vm_id": ubid.to_ubid(vm_id), "vm_host_id": ubid.to_ubid(host_id),
              "destroy_source_after": capture.destroy_source,
              "set_as_latest": capture.set_as_latest,
              # finish_archive moves `latest` only if nobody moved it meanwhile.
-             "latest_at_start": image.latest_version_id and ubid.to_ubid(image.latest_version_id)}
-    await connection.execute(_CREATE, {
-        "id": version_id, "image_id": image_id, "label": label, "kek_id": kek_id,
-        "sealed": sealed, "auth_data": f"machine_image_version_{ubid.to_ubid(version_id)}_{label}",
-        "store_id": store_id, "vm_id": vm_id, "prog": PROG, "frame": json.dumps(frame),
-        "prefix": f"{ubid.to_ubid(capture.project_id)}/{ubid.to_ubid(image_id)}/{label}/"})
+             "latest_at_start": latest and ubid.to_ubid(latest)}
+    prefix = f"{ubid.to_ubid(capture.project_id)}/{ubid.to_ubid(facts.image_id)}/{label}/"
+    try:
+        await connection.execute(_CREATE, {
+            "id": version_id, "image_id": facts.image_id, "label": label, "kek_id": kek_id,
+            "sealed": sealed,
+            "auth_data": f"machine_image_version_{ubid.to_ubid(version_id)}_{label}",
+            "store_id": facts.store_id, "vm_id": vm_id, "prog": PROG,
+            "frame": json.dumps(frame), "prefix": prefix})
+    except IntegrityError as error:
+        message = _CONSTRAINTS.get(db.violated_constraint(error) or "")
+        if message is None:
+            raise
+        raise InvalidRequest(message.format(label=label)) from None
     return version_id
 
 

@@ -20,6 +20,9 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String)
     # NULL: the configured default (IMAGECP_VERSION_QUOTA).
     version_quota: Mapped[int | None]
+    # The project's versions, kept by triggers; the quota is checked against it at commit
+    # (migration 0006), so concurrent captures never exceed the quota.
+    versions_held: Mapped[int] = mapped_column(server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
@@ -32,24 +35,7 @@ async def lock(connection: AsyncConnection, project_id: uuid.UUID) -> None:
         raise ResourceNotFound()
 
 
-_QUOTA = text("SELECT coalesce(p.version_quota, :default) AS quota, (SELECT count(*)"
-               " FROM machine_image_version v JOIN machine_image i"
-               " ON i.id = v.machine_image_id WHERE i.project_id = p.id) AS used"
-               " FROM project p WHERE p.id = :id")
-
-
-async def reserve_version(connection: AsyncConnection, project_id: uuid.UUID,
-                          default_quota: int) -> None:
-    """Lock the project and refuse one more version over its quota.
-
-    The lock lasts until the caller's transaction ends: concurrent captures in one project
-    count one after another, so together they never exceed the quota. Take it last, just
-    before writing, so it is held briefly.
-    """
-    await lock(connection, project_id)
-    # Counted in a statement after the lock's: one statement's snapshot predates its wait for
-    # the lock, and would miss the versions of the capture it waited for.
-    row = (await connection.execute(_QUOTA, {"id": project_id, "default": default_quota})).one()
-    if row.used + 1 > row.quota:
-        raise ValidationFailed({"version": "Insufficient quota for machine image versions."
-                                f" Requested: {row.used + 1}, maximum allowed: {row.quota}"})
+def quota_refusal(requested: int, quota: int) -> ValidationFailed:
+    """The reference's refusal of one version more than the quota allows."""
+    return ValidationFailed({"version": "Insufficient quota for machine image versions."
+                             f" Requested: {requested}, maximum allowed: {quota}"})

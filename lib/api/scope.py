@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lib import log, ubid
+from lib import db, log, ubid
 from lib.api import params
 from lib.errors import ApiError, ResourceNotFound
 from model import api_token
@@ -40,20 +40,26 @@ class Scope:
 
 @asynccontextmanager
 async def scope(request: Request, action: str | None = None) -> AsyncIterator[Scope]:
-    """Authenticate and open the request's transaction; `action` makes the call audited."""
+    """Authenticate and open the request's transaction; `action` makes the call audited,
+    whatever its outcome (refusals the database makes at commit included)."""
     engine: AsyncEngine = request.app.state.engine
-    async with engine.begin() as connection:
-        principal = await api_token.authenticate(connection,
-                                                 request.headers.get("authorization"))
-        current = Scope(connection, principal)
-        try:
+    current: Scope | None = None
+    outcome = "ok"
+    try:
+        async with db.transaction(engine) as connection:
+            principal = await api_token.authenticate(connection,
+                                                     request.headers.get("authorization"))
+            current = Scope(connection, principal)
             yield current
-        except ApiError as error:
-            if action:
-                _audit(current, action, request, error.type)
-            raise
-    if action:
-        _audit(current, action, request, "ok")
+    except ApiError as error:
+        outcome = error.type
+        raise
+    except BaseException:
+        outcome = "error"
+        raise
+    finally:
+        if action and current is not None:
+            _audit(current, action, request, outcome)
 
 
 def _audit(current: Scope, action: str, request: Request, outcome: str) -> None:

@@ -42,7 +42,7 @@ def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         engine = db.create_engine(config.load().database_url, pool_size=1,
                                   application_name="ctl")
         try:
-            async with engine.begin() as connection:
+            async with db.transaction(engine) as connection:
                 return await work(connection)
         finally:
             await engine.dispose()

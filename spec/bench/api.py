@@ -85,6 +85,9 @@ async def seed(url: str, vms: int) -> tuple[str, str, list[str]]:
             " now() + interval '1 year' FROM unnest(CAST(:ids AS uuid[])) AS t(id)"),
             {"ids": ids})
         _, token = await api_token.create(connection, project_id)
+    async with engine.connect() as connection:  # planner statistics, as a live database has
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text("ANALYZE"))
     await engine.dispose()
     return ubid.to_ubid(project_id), token, [ubid.to_ubid(i) for i in ids]
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lib import db
 from lib.config import ConfigError
+from lib.errors import ValidationFailed
 
 
 @pytest.mark.parametrize("error", [
@@ -75,3 +76,35 @@ async def test_create_engine_accepts_a_postgresql_string(database_url: str) -> N
 def test_create_engine_rejects_a_non_postgresql_string() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         db.create_engine("mysql://alice@db.example/imagecp")
+
+
+async def test_a_trigger_refusing_a_field_is_raised_as_that_validation_failure(
+        engine: AsyncEngine) -> None:
+    refusal = ("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'check_violation',"
+               " COLUMN = 'version', MESSAGE = 'too many'; END $$")
+    with pytest.raises(ValidationFailed) as raised:
+        async with db.transaction(engine) as connection:
+            await connection.execute(text(refusal))
+    assert raised.value.details == {"version": "too many"}
+
+
+async def test_other_database_errors_pass_through_a_transaction(engine: AsyncEngine) -> None:
+    plain_check = ("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'check_violation',"
+                   " MESSAGE = 'a table constraint'; END $$")  # no column: not a refusal
+    for statement in ("SELECT 1/0", plain_check):
+        with pytest.raises(DBAPIError) as raised:
+            async with db.transaction(engine) as connection:
+                await connection.execute(text(statement))
+        assert db.refusal_of(raised.value) is None
+
+
+async def test_violated_constraint_names_the_constraint(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text(
+            "CREATE TEMPORARY TABLE pair (n integer CONSTRAINT pair_n_key UNIQUE)"))
+        await connection.execute(text("INSERT INTO pair VALUES (1)"))
+        with pytest.raises(DBAPIError) as raised:
+            await connection.execute(text("INSERT INTO pair VALUES (1)"))
+        await connection.rollback()
+    assert db.violated_constraint(raised.value) == "pair_n_key"
+    assert db.violated_constraint(ValueError("no database here")) is None

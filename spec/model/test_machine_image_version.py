@@ -25,8 +25,9 @@ from model import storage_key_encryption_key as kek
 from spec.support import strands
 from spec.support.world import MIB, World
 
-TABLES = ("machine_image_version", "machine_image_version_metal", "storage_key_encryption_key",
-          "strand", "semaphore", "machine_image", "vm", "vm_storage_volume")
+TABLES = ("project", "machine_image_version", "machine_image_version_metal",
+          "storage_key_encryption_key", "strand", "semaphore", "machine_image", "vm",
+          "vm_storage_volume")
 
 
 async def counts(engine: AsyncEngine) -> dict[str, Any]:
@@ -153,6 +154,28 @@ async def test_the_quota_is_enforced_with_the_reference_details(seeded: World) -
                           "Validation failed for following fields: version", version="v2")
     assert error.details == {"version": "Insufficient quota for machine image versions."
                                         " Requested: 2, maximum allowed: 1"}
+
+
+async def test_the_quota_is_checked_before_the_store_like_the_reference(seeded: World) -> None:
+    await strands.execute(seeded.engine, "UPDATE project SET version_quota = 0")
+    await strands.execute(seeded.engine, "DELETE FROM machine_image_store")
+    vm_id, _, _ = await seeded.vm("src")
+    await refused(seeded, vm_id, ValidationFailed,
+                  "Validation failed for following fields: version")
+
+
+async def test_a_vm_deleted_while_its_capture_waits_for_it_is_not_found(seeded: World) -> None:
+    vm_id, _, _ = await seeded.vm("src")
+    async with seeded.engine.connect() as deleting:
+        await deleting.execute(text("DELETE FROM vm_storage_volume WHERE vm_id = :id"),
+                               {"id": vm_id})
+        await deleting.execute(text("DELETE FROM strand WHERE id = :id"), {"id": vm_id})
+        await deleting.execute(text("DELETE FROM vm WHERE id = :id"), {"id": vm_id})
+        capture = asyncio.create_task(seeded.capture(vm_id))
+        await strands.wait_for_lock_waiter(seeded.engine)
+        await deleting.commit()
+    with pytest.raises(InvalidRequest, match=r"^Source VM not found$"):
+        await capture
 
 
 async def test_without_a_store_the_capture_is_refused(seeded: World) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -40,3 +41,15 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 async def execute(engine: AsyncEngine, sql: str, **params: Any) -> None:
     async with engine.begin() as connection:
         await connection.execute(text(sql), params)
+
+
+async def wait_for_lock_waiter(engine: AsyncEngine) -> None:
+    """Return once some session of this database waits for a lock (a test's racing step
+    has reached its wait); fail after 10 s."""
+    waiting = ("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE"
+               " datname = current_database() AND wait_event_type = 'Lock')")
+    async with asyncio.timeout(10):
+        while True:  # the database is polled: there is no event to wait on
+            if await scalar(engine, waiting):
+                return
+            await asyncio.sleep(0.01)

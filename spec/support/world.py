@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lib import crypto, ubid
+from lib import crypto, db, ubid
 from lib.config import load
 from lib.scheduling.flow import Exit, StrandFailed
 from lib.scheduling.runner import StrandRunner
@@ -105,7 +105,7 @@ class World:
                   "image": self.image, "vm": ubid.to_ubid(vm_id), "version": version, **options}
         capture = versions.Capture(**fields)
         limits = versions.Limits(config.max_capture_gib, config.version_quota)
-        async with self.engine.begin() as connection:
+        async with db.transaction(self.engine) as connection:
             return await versions.assemble(connection, capture, limits,
                                            master_key=crypto.master_key())
 
