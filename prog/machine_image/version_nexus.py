@@ -39,6 +39,17 @@ logger = log.get_logger(__name__)
 _METAL = text("SELECT m.*, v.machine_image_id, v.version FROM machine_image_version_metal m"
               " JOIN machine_image_version v ON v.id = m.id WHERE m.id = :id")
 _METAL_FOR_UPDATE = text(f"{_METAL.text} FOR UPDATE OF m")
+# A finished capture becomes latest unless latest moved meanwhile by choice: an operator's
+# pick or a later capture's finish. A move by destroying the latest of the capture's start
+# is no choice, so then it still wins over anything older than itself.
+_SET_LATEST_UNLESS_CHOSEN = text(
+    "UPDATE machine_image i SET latest_version_id = :id WHERE i.id = :image_id"
+    " AND (i.latest_version_id IS NULL OR i.latest_version_id = :start"
+    " OR (CAST(:start AS uuid) IS NOT NULL AND NOT EXISTS (SELECT 1"
+    " FROM machine_image_version_metal WHERE id = :start"
+    " AND status = 'ready') AND (SELECT created_at FROM machine_image_version"
+    " WHERE id = i.latest_version_id) < (SELECT created_at FROM machine_image_version"
+    " WHERE id = :id)))")
 
 
 def _mib(size: int) -> int:
@@ -137,13 +148,10 @@ class VersionNexus(Prog):
         if self.destroy_source_after:
             await semaphore.incr(self.connection, ubid.to_uuid(self.source_vm_id), "destroy")
         if self.set_as_latest:
-            # Unless someone chose another latest (or a later capture finished) meanwhile.
             start = self.frame.get("latest_at_start")
-            await self.connection.execute(text(
-                "UPDATE machine_image SET latest_version_id = :id WHERE id = :image_id"
-                " AND latest_version_id IS NOT DISTINCT FROM :start"),
-                {"id": self.strand_id, "image_id": metal.machine_image_id,
-                 "start": start and ubid.to_uuid(start)})
+            await self.connection.execute(_SET_LATEST_UNLESS_CHOSEN, {
+                "id": self.strand_id, "image_id": metal.machine_image_id,
+                "start": start and ubid.to_uuid(start)})
         self.hop(self.wait)
 
     @label

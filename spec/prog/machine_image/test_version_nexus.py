@@ -277,3 +277,22 @@ async def test_a_finished_capture_leaves_a_latest_chosen_meanwhile(
         await machine_image.set_latest(connection, world.image_id, "v0")
     await drive(runner, world.engine, v2, "wait")
     assert await latest(world) == ids["v0"]  # unlike the reference, the choice stands
+
+
+async def test_a_capture_becomes_latest_when_the_latest_of_its_start_is_destroyed(
+        world: World, runner: StrandRunner) -> None:
+    vm_id, _, _ = await world.vm("src-v1")
+    v1 = await world.capture(vm_id, "v1")
+    await drive(runner, world.engine, v1, "wait")
+    begun = {}
+    for label in ("v2", "v3"):  # both begin while v1 is latest
+        vm_id, _, _ = await world.vm(f"src-{label}")
+        begun[label] = await world.capture(vm_id, label)
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+    assert await drive(runner, world.engine, v1, None) is None
+    assert await latest(world) is None  # no ready sibling to move to
+    await drive(runner, world.engine, begun["v3"], "wait")
+    assert await latest(world) == begun["v3"]  # the move by destroy was no one's choice
+    await drive(runner, world.engine, begun["v2"], "wait")
+    assert await latest(world) == begun["v3"]  # an older capture does not displace a newer
