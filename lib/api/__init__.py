@@ -7,7 +7,10 @@ failures and anything unexpected as 500, never a framework's own format.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,6 +44,24 @@ def _methods(app: FastAPI, request: Request) -> list[str]:
         if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
             methods |= route.methods or set()
     return sorted(methods)
+
+
+PARENT_ENV = "IMAGECP_API_PARENT"
+
+
+def create_worker_app() -> FastAPI:
+    """The app in one of bin/api's worker processes, which must not outlive the supervisor.
+
+    uvicorn's supervisor stops its workers when it is told to, but a supervisor killed
+    outright would leave them serving (and holding database connections) with no parent.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if str(os.getppid()) != os.environ.get(PARENT_ENV):  # it died before prctl took effect
+        os._exit(1)
+    return create_app()
 
 
 def create_app(engine: AsyncEngine | None = None, pool_size: int = 10) -> FastAPI:

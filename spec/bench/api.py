@@ -127,7 +127,8 @@ async def main() -> None:
         script = Path(work) / "create.lua"
         script.write_text(SCRIPT % {"vms": Path(work) / "vms", "per_thread": VMS_PER_THREAD,
                                     "path": path, "token": token})
-        with api_server(url, Path(work) / "api.log", "--workers", str(args.workers)) as base:
+        with api_server(url, Path(work) / "api.log", "--workers", str(args.workers)) as served:
+            base = served.base
             wrk(f"{base}/openapi.json", 2)  # warm up
             floor = wrk(f"{base}/openapi.json", SECONDS)
             created = wrk(base, SECONDS, script)

@@ -1,18 +1,14 @@
 """bin/ctl token …: a token is printed once, kept as a hash, listed without its secret and
-revocable; and bin/api refuses to start without what it needs."""
+revocable."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spec.bin.test_ctl import ctl, refusal
 from spec.support import strands
-from spec.support.processes import ROOT
 
 
 async def test_tokens_are_shown_once_listed_without_secrets_and_revoked(
@@ -34,13 +30,3 @@ async def test_tokens_are_shown_once_listed_without_secrets_and_revoked(
     result = await ctl(database_url, "token", "create", "--project", unknown)
     assert result.returncode == 1 and result.stderr.startswith("ctl: ")
 
-
-def test_bin_api_refuses_to_start_without_a_master_key(database_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "IMAGECP_MASTER_KEY"}
-    result = subprocess.run([sys.executable, str(ROOT / "bin" / "api"), "--port", "1"],
-                            env={**env, "DATABASE_URL": database_url}, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "api: IMAGECP_MASTER_KEY is not set: it must hold 32 random bytes in base64"
-        " (bin/ctl master-key prints a new one)"]

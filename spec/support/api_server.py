@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from spec.support.processes import ROOT, measured_env
@@ -22,14 +25,25 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Served:
+    base: str  # the URL to send requests to
+    process: subprocess.Popen[bytes]  # uvicorn's supervisor when --workers > 1
+
+
 @contextmanager
-def api_server(database_url: str, log: Path, *args: str) -> Iterator[str]:
-    """Run bin/api against `database_url`; yields its base URL once it answers."""
+def api_server(database_url: str, log: Path, *args: str) -> Iterator[Served]:
+    """Run bin/api against `database_url`; yields it once it answers.
+
+    It runs in a session of its own, so that afterwards every process of it (workers
+    included) goes, whatever state the supervisor is in.
+    """
     port = free_port()
     env = {**measured_env(), "DATABASE_URL": database_url, "LOG_FORMAT": "json"}
     with open(log, "w") as output:
         server = subprocess.Popen([sys.executable, str(ROOT / "bin" / "api"), "--port",
-                                   str(port), *args], stdout=output, stderr=output, env=env)
+                                   str(port), *args], stdout=output, stderr=output, env=env,
+                                  start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -41,7 +55,7 @@ def api_server(database_url: str, log: Path, *args: str) -> Iterator[str]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"bin/api did not start: {log.read_text()}") from None
                 time.sleep(0.1)
-        yield base
+        yield Served(base, server)
     finally:
         server.terminate()
         try:
@@ -49,3 +63,5 @@ def api_server(database_url: str, log: Path, *args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        with suppress(ProcessLookupError):  # workers the supervisor did not stop
+            os.killpg(server.pid, signal.SIGKILL)

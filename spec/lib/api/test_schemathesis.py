@@ -43,7 +43,8 @@ async def test_schemathesis_finds_no_failure(api: Api, database_url: str, tmp_pa
     config = tmp_path / "schemathesis.toml"
     config.write_text(f'[parameters]\nproject_id = "{ubid.to_ubid(api.world.project_id)}"\n'
                       'location = "lab"\nmachine_image_reference = "base"\n')
-    with api_server(database_url, tmp_path / "api.log") as base:
+    with api_server(database_url, tmp_path / "api.log") as served:
+        base = served.base
         source = f"{base}/openapi.json" if document == "served" else str(REFERENCE)
         result = await asyncio.to_thread(schemathesis, source, base, api.token, config)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
