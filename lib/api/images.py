@@ -67,7 +67,7 @@ async def list_location_images(request: Request, project_id: str,
 @router.post(BASE + "/{reference}")
 async def create_image(request: Request, project_id: str, location: str,
                        reference: str) -> dict[str, Any]:
-    async with scope(request, "create_machine_image") as current:
+    async with scope(request, "create") as current:
         params.path(reference, params.NEW_NAME)
         body = params.body(await request.body(), {"vm": str, "version": str,
                                                   "destroy_source": bool}, ("vm",))
@@ -126,7 +126,9 @@ async def rename_image(request: Request, project_id: str, location: str,
         current.resource = ubid.to_ubid(image_id)
         new = body["name"]
         old = await render.image(current.connection, owner, image_id)
-        if new != old["name"]:
+        if new == old["name"]:
+            current.action = None  # no change: nothing to audit, as in the reference
+        else:
             try:
                 params.path(new, params.NEW_NAME)
             except BadRequest:
@@ -166,8 +168,9 @@ async def delete_image(request: Request, project_id: str, location: str,
 async def list_versions(request: Request, project_id: str, location: str,
                         reference: str) -> dict[str, Any]:
     async with scope(request) as current:
+        page = params.page(request.query_params)
         _, image_id = await _image(current, project_id, location, reference)
-        return await render.versions(current.connection, image_id)
+        return await render.versions(current.connection, image_id, page)
 
 
 @router.post(BASE + "/{reference}/version/{version}")

@@ -6,10 +6,11 @@ SQL here is composed only from module-level constant fragments; every value is b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lib import ubid
@@ -38,10 +39,15 @@ _VERSIONS = (
     " FROM machine_image_version v JOIN machine_image i ON i.id = v.machine_image_id"
     " LEFT JOIN machine_image_version_metal m ON m.id = v.id")
 _VERSION = text(f"{_VERSIONS} WHERE v.id = :id")
-_VERSION_PAGE = text(f"{_VERSIONS} WHERE v.machine_image_id = :image_id"
-                     " ORDER BY v.id LIMIT :size")
-_VERSION_COUNT = text("SELECT count(*) FROM machine_image_version WHERE machine_image_id = :id")
-
+_VERSION_PAGES = {
+    "id": text(f"{_VERSIONS} WHERE v.machine_image_id = :image_id AND"
+               " (CAST(:after_id AS uuid) IS NULL OR v.id > :after_id) ORDER BY v.id LIMIT :size"),
+    "name": text(f"{_VERSIONS} WHERE v.machine_image_id = :image_id AND"
+                 " (CAST(:after AS text) IS NULL OR v.version > :after)"
+                 " ORDER BY v.version LIMIT :size"),
+}
+_VERSION_COUNT = text("SELECT count(*) FROM machine_image_version"
+                      " WHERE machine_image_id = :image_id")
 
 def timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -66,25 +72,39 @@ async def image(connection: AsyncConnection, project_id: uuid.UUID,
     return _image(row)
 
 
-async def images(connection: AsyncConnection, project_id: uuid.UUID,
-                 location_id: uuid.UUID | None, page: Page) -> dict[str, Any]:
+def _page_params(page: Page) -> dict[str, Any] | None:
+    """The bound values of a page's query; None when `start_after` cannot name an id, so
+    that the page is empty (its count is still the total: counts ignore paging)."""
     after_id = None
     if page.order_column == "id" and page.start_after is not None:
         if not ubid.is_valid(page.start_after):
-            return {"items": [], "count": 0}
+            return None
         after_id = ubid.to_uuid(page.start_after)
-    params = {"project_id": project_id, "location_id": location_id, "size": page.size,
-              "after": page.start_after, "after_id": after_id}
-    rows = (await connection.execute(_IMAGE_PAGES[page.order_column], params)).all()
-    count = (await connection.execute(_IMAGE_COUNT, params)).scalar_one()
-    return {"items": [_image(row) for row in rows], "count": count}
+    return {"size": page.size, "after": page.start_after, "after_id": after_id}
+
+
+async def _list(connection: AsyncConnection, pages: Mapping[str, TextClause], count: TextClause,
+                page: Page, params: dict[str, Any],
+                item: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    paging = _page_params(page)
+    rows = [] if paging is None else (
+        await connection.execute(pages[page.order_column], {**params, **paging})).all()
+    total = (await connection.execute(count, params)).scalar_one()
+    return {"items": [item(row) for row in rows], "count": total}
+
+
+async def images(connection: AsyncConnection, project_id: uuid.UUID,
+                 location_id: uuid.UUID | None, page: Page) -> dict[str, Any]:
+    return await _list(connection, _IMAGE_PAGES, _IMAGE_COUNT, page,
+                       {"project_id": project_id, "location_id": location_id}, _image)
 
 
 async def version(connection: AsyncConnection, version_id: uuid.UUID) -> dict[str, Any]:
     return _version((await connection.execute(_VERSION, {"id": version_id})).one())
 
 
-async def versions(connection: AsyncConnection, image_id: uuid.UUID) -> dict[str, Any]:
-    rows = (await connection.execute(_VERSION_PAGE, {"image_id": image_id, "size": 1000})).all()
-    count = (await connection.execute(_VERSION_COUNT, {"id": image_id})).scalar_one()
-    return {"items": [_version(row) for row in rows], "count": count}
+async def versions(connection: AsyncConnection, image_id: uuid.UUID,
+                   page: Page) -> dict[str, Any]:
+    """Ordered by id (creation) or, with `order_column=name`, by label."""
+    return await _list(connection, _VERSION_PAGES, _VERSION_COUNT, page,
+                       {"image_id": image_id}, _version)

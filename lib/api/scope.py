@@ -25,6 +25,7 @@ logger = log.get_logger("imagecp.audit")
 class Scope:
     connection: AsyncConnection
     principal: api_token.Principal
+    action: str | None = None  # what the audit event says was done; None: nothing to audit
     resource: str | None = None
 
     def project(self, text: str) -> uuid.UUID:
@@ -49,7 +50,7 @@ async def scope(request: Request, action: str | None = None) -> AsyncIterator[Sc
         async with db.transaction(engine) as connection:
             principal = await api_token.authenticate(connection,
                                                      request.headers.get("authorization"))
-            current = Scope(connection, principal)
+            current = Scope(connection, principal, action)
             yield current
     except ApiError as error:
         outcome = error.type
@@ -58,8 +59,8 @@ async def scope(request: Request, action: str | None = None) -> AsyncIterator[Sc
         outcome = "error"
         raise
     finally:
-        if action and current is not None:
-            _audit(current, action, request, outcome)
+        if current is not None and current.action:
+            _audit(current, current.action, request, outcome)
 
 
 def _audit(current: Scope, action: str, request: Request, outcome: str) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from lib import ubid
+from lib.api import create_app, render
 from model import api_token
 from spec.support import strands
 from spec.support.api import Api, token_for
@@ -76,6 +79,15 @@ async def test_another_projects_images_are_indistinguishable_from_none(api: Api)
     theirs = await api.client.delete(f"{api.base}/base", headers=api.auth(their_token))
     assert (theirs.status_code, theirs.json()) == (404, NOT_FOUND)
     assert (await api.get(f"{api.base}/base")).status_code == 200
+    # Their image's id under our own path is no more found than a name would be.
+    their_image = ubid.generate(ubid.TYPE_MACHINE_IMAGE)
+    await strands.execute(api.world.engine, "INSERT INTO machine_image (id, project_id,"
+                          " location_id, name, arch) VALUES (:id, :p, :l, 'theirs', 'x64')",
+                          id=their_image, p=other, l=api.world.location_id)
+    for path in (f"{api.base}/{ubid.to_ubid(their_image)}", f"{api.base}/theirs",
+                 f"{api.base}/{ubid.to_ubid(their_image)}/version"):
+        mine = await api.client.get(path, headers=api.auth())
+        assert (mine.status_code, mine.json()) == (404, NOT_FOUND)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -135,3 +147,33 @@ async def test_bad_pagination_is_refused(api: Api) -> None:
           {"order_column": "Supported values: id, name"})
     response = await api.get(api.base, params={"page_size": "many"})
     assert response.status_code == 400 and response.json()["error"]["type"] == "BadRequest"
+
+
+# -- server errors ---------------------------------------------------------------------------
+
+class _Retryable(Exception):
+    pgcode = "40001"  # what asyncpg's serialization failure carries
+
+
+@pytest.mark.parametrize(("failure", "kind", "message"), [
+    (RuntimeError("boom"), "UnexpectedError",
+     "Sorry, we couldn’t process your request because of an unexpected error."),
+    (DBAPIError("SELECT", None, _Retryable()), "InternalServerError",
+     "There was a temporary error attempting to make this change, please try again."),
+])
+async def test_server_failures_have_the_reference_error_shape(
+        api: Api, monkeypatch: pytest.MonkeyPatch, logs: list[Any], failure: Exception,
+        kind: str, message: str) -> None:
+    async def broken(*args: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(render, "image", broken)
+    transport = httpx.ASGITransport(app=create_app(api.world.engine),
+                                    raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        response = await client.get(f"{api.base}/base", headers=api.auth())
+    error(response, 500, kind, message)
+    assert "boom" not in response.text
+    # Only the unexpected is an operator's problem; a retryable conflict is the client's.
+    logged = [e for e in logs if e["event"] == "api request failed"]
+    assert len(logged) == (kind == "UnexpectedError")

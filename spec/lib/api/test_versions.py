@@ -8,6 +8,9 @@ import re
 import uuid
 from typing import Any
 
+import asyncssh
+import pytest
+
 from lib import ubid
 from spec.support import strands
 from spec.support.api import Api
@@ -215,7 +218,21 @@ async def test_deleting_versions(api: Api) -> None:
     assert (await api.delete(f"{api.base}/nothing/version/v1")).status_code == 404
 
 
-async def test_changes_are_audited_and_no_ssh_happens(api: Api, logs: list[Any]) -> None:
+@pytest.fixture
+def dialled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every SSH connection attempted meanwhile (asyncssh.connect is how lib.ssh dials)."""
+    attempts: list[Any] = []
+
+    async def connect(*args: Any, **options: Any) -> None:
+        attempts.append(args)
+        raise AssertionError("the API opened an SSH connection")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    return attempts
+
+
+async def test_changes_are_audited_and_no_ssh_happens(api: Api, logs: list[Any],
+                                                     dialled: list[Any]) -> None:
     created = (await capture(api, "v1")).json()
     await capture(api, "v1")
     audits = [e for e in logs if e["event"] == "audit"]
@@ -224,6 +241,99 @@ async def test_changes_are_audited_and_no_ssh_happens(api: Api, logs: list[Any])
                                           "InvalidRequest")]
     assert all(e["project"] == ubid.to_ubid(api.world.project_id) and
                e["token"] == ubid.to_ubid(api.token_id) for e in audits)
-    assert not any(e["event"].startswith("ssh") for e in logs)
+    assert not any(e["event"].startswith("ssh") for e in logs) and dialled == []
     await api.get(api.base)
     assert len([e for e in logs if e["event"] == "audit"]) == len(audits)  # reads are not
+
+
+async def test_versions_are_paged_by_id_or_label_and_counted_whole(api: Api) -> None:
+    made = [(await capture(api, label)).json() for label in ("v3", "v1", "v2")]
+    path = f"{api.base}/base/version"
+
+    async def page(**query: Any) -> tuple[list[str], int]:
+        listed = (await api.get(path, params=query)).json()
+        return [v["version"] for v in listed["items"]], listed["count"]
+
+    assert await page() == (["v3", "v1", "v2"], 3)  # by id: the order they were made
+    assert await page(page_size=2) == (["v3", "v1"], 3)
+    assert await page(page_size=2, start_after=made[1]["id"]) == (["v2"], 3)
+    assert await page(order_column="name") == (["v1", "v2", "v3"], 3)
+    assert await page(order_column="name", start_after="v1", page_size=1) == (["v2"], 3)
+    assert await page(start_after="not-an-id") == ([], 3)  # nothing after it; still the total
+    assert await page(page_size=0) == (["v3"], 3)  # clamped to 1..1000
+    assert await page(page_size=5000) == (["v3", "v1", "v2"], 3)
+
+
+async def test_images_are_paged_and_counted_whole(api: Api) -> None:
+    for name in ("zeta", "alpha"):
+        assert (await api.post(f"{api.base}/{name}", {"vm": ubid.to_ubid(
+            (await api.world.vm(f"src-{name}"))[0])})).status_code == 200
+
+    async def page(**query: Any) -> tuple[list[str], int]:
+        listed = (await api.get(api.base, params=query)).json()
+        return [i["name"] for i in listed["items"]], listed["count"]
+
+    assert await page() == (["base", "zeta", "alpha"], 3)
+    first = (await api.get(api.base, params={"page_size": 1})).json()["items"][0]["id"]
+    assert await page(start_after=first, page_size=1) == (["zeta"], 3)
+    assert await page(order_column="name", start_after="base") == (["zeta"], 3)
+    assert await page(start_after="zzz") == ([], 3)
+
+
+async def test_latest_cannot_be_a_version_being_destroyed_or_without_metal(api: Api) -> None:
+    ready_id = (await capture(api, "v1")).json()["id"]
+    await make_ready(api, ready_id)
+    assert (await api.delete(f"{api.base}/base/version/v1")).status_code == 204
+    refused(await api.patch(f"{api.base}/base", {"latest_version": "v1"}),
+            "Version v1 is not ready")  # a destroy is pending: it is no longer ready
+    await strands.execute(api.world.engine, "INSERT INTO machine_image_version (id,"
+                          " machine_image_id, version) VALUES (:id, :image, 'bare')",
+                          id=ubid.generate_from_time(ubid.TYPE_MACHINE_IMAGE_VERSION),
+                          image=api.world.image_id)
+    refused(await api.patch(f"{api.base}/base", {"latest_version": "bare"}),
+            "Version bare is not ready")
+    assert await strands.scalar(api.world.engine, "SELECT latest_version_id FROM"
+                                " machine_image WHERE id = :id", id=api.world.image_id) is None
+
+
+async def test_image_create_refusals_change_nothing(api: Api) -> None:
+    spare = ubid.to_ubid((await api.world.vm("spare"))[0])
+    tables = ("machine_image", "machine_image_version", "strand", "semaphore")
+    before = {t: await count(api, t) for t in tables}
+    refused(await api.post(f"{api.base}/fresh", {"vm": ubid.to_ubid(
+        ubid.generate(ubid.TYPE_VM))}), "Source VM not found")
+    refused(await api.post(f"{api.base}/fresh", {"vm": spare, "version": "-bad"}),
+            "version must start with a letter or number and may contain ASCII letters,"
+            " numbers, dot, hyphen, and underscore (max 64 characters).")
+    refused(await api.post(f"{api.base}/fresh", {"vm": "nonsense"}),
+            "Value provided not a valid id for parameter vm")
+    far = ubid.generate(ubid.TYPE_LOCATION)
+    await strands.execute(api.world.engine, "INSERT INTO location (id, name) VALUES"
+                          " (:id, 'far')", id=far)
+    await strands.execute(api.world.engine, "UPDATE machine_image_store SET location_id = :l",
+                          l=far)
+    refused(await api.post(f"{api.base}/fresh", {"vm": spare}),
+            "No machine image store configured for this location")
+    assert {t: await count(api, t) for t in tables} == before
+
+
+async def test_every_change_is_audited_with_its_resource_and_outcome(
+        api: Api, logs: list[Any], dialled: list[Any]) -> None:
+    vm = ubid.to_ubid((await api.world.vm("src"))[0])
+    image = (await api.post(f"{api.base}/fresh", {"vm": vm, "version": "v1"})).json()["id"]
+    version = (await api.get(f"{api.base}/fresh/version")).json()["items"][0]["id"]
+    await make_ready(api, version)
+    await api.patch(f"{api.base}/fresh", {"latest_version": "v1"})
+    await api.post(f"{api.base}/fresh/rename", {"name": "fresh"})  # no change: not audited
+    await api.post(f"{api.base}/fresh/rename", {"name": "gold"})
+    await api.delete(f"{api.base}/gold")  # refused: it still has a version
+    await api.delete(f"{api.base}/gold/version/v1")
+    await strands.execute(api.world.engine, "DELETE FROM machine_image_version_metal")
+    await strands.execute(api.world.engine, "UPDATE machine_image SET latest_version_id = NULL")
+    await strands.execute(api.world.engine, "DELETE FROM machine_image_version")
+    await api.delete(f"{api.base}/gold")
+    audits = [(e["action"], e["resource"], e["outcome"]) for e in logs if e["event"] == "audit"]
+    assert audits == [("create", image, "ok"), ("update_latest_version", image, "ok"),
+                      ("rename", image, "ok"), ("destroy", image, "InvalidRequest"),
+                      ("destroy", version, "ok"), ("destroy", image, "ok")]
+    assert dialled == []  # the API writes rows and strands; respirate talks to hosts
