@@ -143,22 +143,48 @@ async def test_an_ssh_cut_mid_archive_does_not_stop_the_capture(
     assert await restore(world, version_id, world.disks / "restored.raw") == digest
 
 
-async def test_a_capture_into_s3_restores_and_is_destroyed(
+async def test_captures_into_s3_record_sizes_restore_and_are_destroyed_moving_latest(
         world: World, spawn: Callable[..., RespirateProcess], s3_server: S3Server) -> None:
     await world.own_store(**s3_server.store)
-    vm_id, _, digest = await world.vm("src", size=12 * MIB, extents=[(0, 2 * MIB),
-                                                                     (9 * MIB, MIB)])
-    spawn()
-    version_id = await world.capture(vm_id, "v1")
-    await until_status(world, version_id, "ready")
     client: Any = s3_server.client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
-    assert any(k.endswith("/v1/manifest.json") for k in keys)
-    assert world.objects() == []  # nothing went to the location's default store
-    assert await restore(world, version_id, world.disks / "restored.raw") == digest
-    async with world.engine.begin() as connection:
-        await versions.request_destroy(connection, world.image_id, "v1")
 
-    async def emptied() -> bool:
-        return bool(client.list_objects_v2(Bucket=s3_server.bucket).get("KeyCount") == 0)
-    await eventually(emptied, 60, "the bucket emptied")
+    def stored(label: str) -> dict[str, int]:
+        listed = client.list_objects_v2(Bucket=s3_server.bucket).get("Contents", [])
+        return {o["Key"]: o["Size"] for o in listed if f"/{label}/" in o["Key"]}
+
+    spawn()
+    ids, digests = {}, {}
+    for label in ("v1", "v2"):
+        vm_id, _, digests[label] = await world.vm(f"src-{label}", size=12 * MIB + 1,
+                                                  extents=[(0, 2 * MIB), (9 * MIB, MIB)])
+        ids[label] = await world.capture(vm_id, label)
+        await until_status(world, ids[label], "ready")
+    assert world.objects() == []  # nothing went to the location's default store
+    for label, version_id in ids.items():
+        objects = stored(label)
+        assert any(key.endswith(f"/{label}/manifest.json") for key in objects)
+        async with world.engine.connect() as connection:
+            row = (await connection.execute(text(
+                "SELECT v.actual_size_mib, m.archive_size_mib FROM machine_image_version v"
+                " JOIN machine_image_version_metal m USING (id) WHERE v.id = :id"),
+                {"id": version_id})).one()
+        assert (row.actual_size_mib, row.archive_size_mib) == (
+            13, -(-sum(objects.values()) // MIB))
+        assert await restore(world, version_id, world.disks / f"{label}.raw") == digests[label]
+    assert await strands.scalar(world.engine, "SELECT latest_version_id FROM machine_image"
+                                " WHERE id = :id", id=world.image_id) == ids["v2"]
+
+    for label, then_latest in (("v2", ids["v1"]), ("v1", None)):
+        async with world.engine.begin() as connection:
+            await versions.request_destroy(connection, world.image_id, label)
+
+        async def gone(label: str = label) -> bool:
+            return not stored(label) and await strands.scalar(
+                world.engine, "SELECT count(*) FROM machine_image_version WHERE id = :id",
+                id=ids[label]) == 0
+        await eventually(gone, 60, f"{label}'s objects and rows gone")
+        assert await strands.scalar(world.engine, "SELECT latest_version_id FROM machine_image"
+                                    " WHERE id = :id", id=world.image_id) == then_latest
+    assert client.list_objects_v2(Bucket=s3_server.bucket).get("KeyCount") == 0
+    for table in ("machine_image_version_metal", "storage_key_encryption_key"):
+        assert await strands.scalar(world.engine, f"SELECT count(*) FROM {table}") == 0

@@ -3,6 +3,7 @@ capture, restore, destroy, retries and failures."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -41,6 +42,17 @@ async def version_row(world: World, version_id: uuid.UUID) -> Any:
 async def latest(world: World) -> Any:
     return await strands.scalar(world.engine, "SELECT latest_version_id FROM machine_image"
                                 " WHERE id = :id", id=world.image_id)
+
+
+async def ready_versions(world: World, runner: StrandRunner, *labels: str
+                         ) -> dict[str, uuid.UUID]:
+    """Capture each label from a VM of its own and run it to `wait` (ready), in order."""
+    ids = {}
+    for label in labels:
+        vm_id, _, _ = await world.vm(f"src-{label.replace('.', '-')}")
+        ids[label] = await world.capture(vm_id, label)
+        await drive(runner, world.engine, ids[label], "wait")
+    return ids
 
 
 async def secrets_of(world: World, version_id: uuid.UUID) -> str:
@@ -103,11 +115,7 @@ async def test_destroy_source_removes_the_vm_and_its_disk_after_the_capture(
 
 async def test_destroying_a_version_removes_its_objects_and_rows_and_moves_latest(
         world: World, runner: StrandRunner) -> None:
-    ids = {}
-    for label in ("v1", "v10", "v1.1"):
-        vm_id, _, _ = await world.vm(f"src-{label.replace('.', '-')}")
-        ids[label] = await world.capture(vm_id, label)
-        await drive(runner, world.engine, ids[label], "wait")
+    ids = await ready_versions(world, runner, "v1", "v10", "v1.1")
     assert await latest(world) == ids["v1.1"]
     prefixes = {label: (await version_row(world, ids[label])).store_prefix for label in ids}
     objects = {label: world.objects(prefixes[label]) for label in ids}
@@ -265,11 +273,7 @@ async def test_store_credentials_and_keys_reach_the_host_only_through_stdin(
 
 async def test_a_finished_capture_leaves_a_latest_chosen_meanwhile(
         world: World, runner: StrandRunner) -> None:
-    ids = {}
-    for label in ("v0", "v1"):
-        vm_id, _, _ = await world.vm(f"src-{label}")
-        ids[label] = await world.capture(vm_id, label)
-        await drive(runner, world.engine, ids[label], "wait")
+    ids = await ready_versions(world, runner, "v0", "v1")
     assert await latest(world) == ids["v1"]
     vm_id, _, _ = await world.vm("src-v2")
     v2 = await world.capture(vm_id, "v2")  # begins while v1 is latest
@@ -281,9 +285,7 @@ async def test_a_finished_capture_leaves_a_latest_chosen_meanwhile(
 
 async def test_a_capture_becomes_latest_when_the_latest_of_its_start_is_destroyed(
         world: World, runner: StrandRunner) -> None:
-    vm_id, _, _ = await world.vm("src-v1")
-    v1 = await world.capture(vm_id, "v1")
-    await drive(runner, world.engine, v1, "wait")
+    v1 = (await ready_versions(world, runner, "v1"))["v1"]
     begun = {}
     for label in ("v2", "v3"):  # both begin while v1 is latest
         vm_id, _, _ = await world.vm(f"src-{label}")
@@ -296,3 +298,44 @@ async def test_a_capture_becomes_latest_when_the_latest_of_its_start_is_destroye
     assert await latest(world) == begun["v3"]  # the move by destroy was no one's choice
     await drive(runner, world.engine, begun["v2"], "wait")
     assert await latest(world) == begun["v3"]  # an older capture does not displace a newer
+
+
+async def test_a_destroy_waits_for_the_vms_booted_from_the_version(
+        world: World, runner: StrandRunner) -> None:
+    vm_id, _, _ = await world.vm("src")
+    version_id = await world.capture(vm_id, "v1")
+    await drive(runner, world.engine, version_id, "wait")
+    prefix = (await version_row(world, version_id)).store_prefix
+    booted, _, _ = await world.vm("booted")  # its disk came from v1
+    await strands.execute(world.engine, "UPDATE vm_storage_volume SET machine_image_version_id"
+                          " = :version WHERE vm_id = :vm", version=version_id, vm=booted)
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+    await drive(runner, world.engine, version_id, "wait_vms")
+    for _ in range(3):  # each step finds the VM and naps
+        await strands.execute(world.engine, "UPDATE strand SET schedule = now() WHERE id = :id",
+                              id=version_id)
+        await runner.run(version_id)
+        assert (await strands.row(world.engine, version_id)).label == "wait_vms"
+    assert world.objects(prefix)  # still there for the VM that may read them
+    await strands.execute(world.engine, "UPDATE vm_storage_volume SET"
+                          " machine_image_version_id = NULL WHERE vm_id = :vm", vm=booted)
+    assert await drive(runner, world.engine, version_id, None) is None
+    assert world.objects(prefix) == []
+
+
+async def test_an_operator_setting_latest_and_a_destroy_of_it_serialise_on_the_image(
+        world: World, runner: StrandRunner) -> None:
+    ids = await ready_versions(world, runner, "v1", "v2")
+    assert await latest(world) == ids["v2"]
+    async with world.engine.connect() as operator:
+        transaction = await operator.begin()
+        await machine_image.set_latest(operator, world.image_id, "v1")  # holds the image
+        async with world.engine.begin() as connection:
+            await versions.request_destroy(connection, world.image_id, "v1")
+        destroying = asyncio.create_task(drive(runner, world.engine, ids["v1"], "wait_vms"))
+        await strands.wait_for_lock_waiter(world.engine)  # the destroy waits for the image
+        await transaction.commit()
+        await destroying
+    assert await latest(world) == ids["v2"]  # moved off v1 once the operator's choice landed
+    assert await drive(runner, world.engine, ids["v1"], None) is None
