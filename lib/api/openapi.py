@@ -85,7 +85,8 @@ DOCUMENT: dict[str, Any] = {
                                body=_body({"name": "string"}, ["name"])),
         },
         BASE + "/{machine_image_reference}/version": {
-            "parameters": [PROJECT, LOCATION, REFERENCE],
+            # The reference pages version lists but does not say so; this description does.
+            "parameters": [PROJECT, LOCATION, REFERENCE, *PAGING],
             "get": _operation("listMachineImageVersions", "Versions of a machine image",
                               "MachineImageVersions"),
         },
