@@ -126,7 +126,8 @@ async def test_a_malformed_vm_id_is_refused(seeded: World) -> None:
     before = await counts(seeded.engine)
     capture = versions.Capture(seeded.project_id, "lab", "base", vm="not-an-id", version="v1")
     async with seeded.engine.begin() as connection:
-        with pytest.raises(ApiError, match="Value provided not a valid id for parameter vm"):
+        with pytest.raises(InvalidRequest,
+                           match="Value provided not a valid id for parameter vm"):
             await versions.assemble(connection, capture, versions.Limits(40, 16),
                                     master_key=crypto.master_key())
     assert await counts(seeded.engine) == before
@@ -245,6 +246,7 @@ async def test_concurrent_captures_of_one_label_let_exactly_one_through(seeded: 
     results = await asyncio.gather(*(seeded.capture(vm_id, "v1") for vm_id in vms),
                                    return_exceptions=True)
     assert sum(isinstance(r, uuid.UUID) for r in results) == 1
+    assert {type(r) for r in results if not isinstance(r, uuid.UUID)} == {InvalidRequest}
     assert {r.message for r in results if isinstance(r, ApiError)} == {
         "Version v1 already exists for this machine image"}
 
@@ -261,7 +263,7 @@ async def test_destroy_requests(seeded: World) -> None:
                           " machine_image_id, version) VALUES (:id, :image, 'bare')",
                           id=ubid.generate(ubid.TYPE_MACHINE_IMAGE_VERSION), image=seeded.image_id)
     async with seeded.engine.begin() as connection:
-        with pytest.raises(ApiError, match="Version has no metal record to destroy"):
+        with pytest.raises(InvalidRequest, match="Version has no metal record to destroy"):
             await versions.request_destroy(connection, seeded.image_id, "bare")
     assert await strands.scalar(seeded.engine, "SELECT count(*) FROM semaphore WHERE"
                                 " strand_id = :id AND name = 'destroy'", id=version_id) == 2

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lib.errors import ApiError, ResourceNotFound
+from lib.errors import InvalidRequest, ResourceNotFound
 from lib.scheduling.runner import StrandRunner
 from model import semaphore, vm
 from spec.support import strands
@@ -40,7 +40,7 @@ async def test_a_pinned_vm_refuses_start_and_destroy_requests(seeded: World) -> 
     for request, message in ((vm.request_start, vm.PINNED_START),
                              (vm.request_destroy, vm.PINNED_DESTROY)):
         async with seeded.engine.begin() as connection:
-            with pytest.raises(ApiError) as raised:
+            with pytest.raises(InvalidRequest) as raised:
                 await request(connection, vm_id)
         assert raised.value.message == message
     assert await strands.scalar(seeded.engine, "SELECT count(*) FROM semaphore WHERE"
