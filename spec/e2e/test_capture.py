@@ -139,6 +139,8 @@ async def test_an_ssh_cut_mid_archive_does_not_stop_the_capture(
             cut.append(pid)
         return bool(cut)
     await eventually(cut_one, 60, "an SSH connection of respirate's cut")
+    progress = json.loads(progress_file(version_id).read_text())
+    assert progress["bytes_done"] < progress["bytes_total"]  # the cut came mid-archive
     await until_status(world, version_id, "ready")
     assert await restore(world, version_id, world.disks / "restored.raw") == digest
 

@@ -142,13 +142,15 @@ async def test_destroying_a_version_removes_its_objects_and_rows_and_moves_lates
 
 
 async def test_destroy_while_archiving_stops_the_unit_and_unpins_the_vm(
-        world: World, runner: StrandRunner) -> None:
-    vm_id, disk, _ = await world.vm("src", size=64 * MIB, extents=[(0, 64 * MIB)])
+        world: World, runner: StrandRunner, logs: list[dict[str, Any]]) -> None:
+    vm_id, disk, _ = await world.vm("src", size=256 * MIB, extents=[(0, 256 * MIB)])
     version_id = await world.capture(vm_id, "v1", destroy_source=True)
     await runner.run(version_id)  # starts the archive unit
     async with world.engine.begin() as connection:
         await versions.request_destroy(connection, world.image_id, "v1")
     assert await drive(runner, world.engine, version_id, None) is None
+    commands = [e.get("command", "") for e in logs if e["event"] == "ssh command"]
+    assert any(" unit stop archive_" in c for c in commands)  # it was still running
     assert world.objects() == []
     assert disk.exists()  # destroy_source acts only on success
     assert await strands.scalar(world.engine, "SELECT count(*) FROM machine_image_version_metal"
