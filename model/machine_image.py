@@ -33,6 +33,9 @@ class MachineImage(Base):
     arch: Mapped[str] = mapped_column(String(collation="C"))
     latest_version_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("machine_image_version.id", use_alter=True))
+    # Times `latest` was chosen (an operator's pick, a capture's finish); a destroy's move of
+    # it is no choice. A capture takes `latest` only if no choice came while it ran.
+    latest_choices: Mapped[int] = mapped_column(server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
@@ -66,7 +69,8 @@ async def set_latest(connection: AsyncConnection, image_id: uuid.UUID, label: st
     if await metal.display_state(connection, version_id, lock=True) != "ready":
         raise InvalidRequest(f"Version {label} is not ready")
     await connection.execute(text(
-        "UPDATE machine_image SET latest_version_id = :version_id WHERE id = :image_id"),
+        "UPDATE machine_image SET latest_version_id = :version_id,"
+        " latest_choices = latest_choices + 1 WHERE id = :image_id"),
         {"version_id": version_id, "image_id": image_id})
 
 

@@ -104,11 +104,11 @@ async def source_vm(connection: AsyncConnection, project_id: uuid.UUID,
 # this version). The project's default quota is named for the quota trigger (migration 0006).
 _REQUEST = text(
     "WITH place AS (SELECT id FROM location WHERE name = :location),"
-    " image AS (SELECT i.id, i.arch, i.latest_version_id FROM machine_image i"
+    " image AS (SELECT i.id, i.arch, i.latest_choices FROM machine_image i"
     " WHERE i.project_id = :project_id AND i.location_id = (SELECT id FROM place)"
     " AND (i.id = :image_id OR i.name = :image_name) FOR KEY SHARE)"
     " SELECT (SELECT id FROM place) AS location_id, image.id AS image_id,"
-    " image.arch AS image_arch, image.latest_version_id,"
+    " image.arch AS image_arch, image.latest_choices,"
     " EXISTS (SELECT 1 FROM machine_image_version v WHERE v.machine_image_id = image.id"
     " AND v.version = :label) AS label_taken,"
     # By primary key alone: a plan through (project, location, name) would scan every VM.
@@ -226,12 +226,11 @@ async def assemble(connection: AsyncConnection, capture: Capture, limits: Limits
 
     version_id = ubid.generate_from_time(ubid.TYPE_MACHINE_IMAGE_VERSION)
     kek_id, sealed = kek.new(master_key)
-    latest = facts.latest_version_id
     frame = {"source_vm_id": ubid.to_ubid(vm_id), "vm_host_id": ubid.to_ubid(host_id),
              "destroy_source_after": capture.destroy_source,
              "set_as_latest": capture.set_as_latest,
-             # finish_archive moves `latest` only if nobody moved it meanwhile.
-             "latest_at_start": latest and ubid.to_ubid(latest)}
+             # finish_archive takes `latest` only if nobody chose one meanwhile.
+             "latest_choices_at_start": facts.latest_choices}
     prefix = f"{ubid.to_ubid(capture.project_id)}/{ubid.to_ubid(facts.image_id)}/{label}/"
     try:
         await connection.execute(_CREATE, {

@@ -39,17 +39,14 @@ logger = log.get_logger(__name__)
 _METAL = text("SELECT m.*, v.machine_image_id, v.version FROM machine_image_version_metal m"
               " JOIN machine_image_version v ON v.id = m.id WHERE m.id = :id")
 _METAL_FOR_UPDATE = text(f"{_METAL.text} FOR UPDATE OF m")
-# A finished capture becomes latest unless latest moved meanwhile by choice: an operator's
-# pick or a later capture's finish. A move by destroying the latest of the capture's start
-# is no choice, so then it still wins over anything older than itself.
-_SET_LATEST_UNLESS_CHOSEN = text(
-    "UPDATE machine_image i SET latest_version_id = :id WHERE i.id = :image_id"
-    " AND (i.latest_version_id IS NULL OR i.latest_version_id = :start"
-    " OR (CAST(:start AS uuid) IS NOT NULL AND NOT EXISTS (SELECT 1"
-    " FROM machine_image_version_metal WHERE id = :start"
-    " AND status = 'ready') AND (SELECT created_at FROM machine_image_version"
-    " WHERE id = i.latest_version_id) < (SELECT created_at FROM machine_image_version"
-    " WHERE id = :id)))")
+# A finished capture takes `latest` unless a choice came while it ran: an operator's pick or
+# another capture's finish (machine_image.latest_choices; a destroy's move is none), though an
+# empty latest is always taken. A frame without the count (one seeded in the reference's
+# shape) takes it unconditionally, as the reference does: the last finisher wins.
+_TAKE_LATEST = text(
+    "UPDATE machine_image SET latest_version_id = :id, latest_choices = latest_choices + 1"
+    " WHERE id = :image_id AND (CAST(:choices AS bigint) IS NULL"
+    " OR latest_choices = :choices OR latest_version_id IS NULL)")
 
 
 def _mib(size: int) -> int:
@@ -148,10 +145,9 @@ class VersionNexus(Prog):
         if self.destroy_source_after:
             await semaphore.incr(self.connection, ubid.to_uuid(self.source_vm_id), "destroy")
         if self.set_as_latest:
-            start = self.frame.get("latest_at_start")
-            await self.connection.execute(_SET_LATEST_UNLESS_CHOSEN, {
+            await self.connection.execute(_TAKE_LATEST, {
                 "id": self.strand_id, "image_id": metal.machine_image_id,
-                "start": start and ubid.to_uuid(start)})
+                "choices": self.frame.get("latest_choices_at_start")})
         self.hop(self.wait)
 
     @label

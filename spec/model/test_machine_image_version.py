@@ -57,7 +57,7 @@ async def test_a_capture_writes_the_version_its_key_its_pinned_metal_and_its_str
     assert row.stack == [{"source_vm_id": ubid.to_ubid(vm_id),
                           "vm_host_id": ubid.to_ubid(seeded.host_id),
                           "destroy_source_after": True, "set_as_latest": True,
-                          "latest_at_start": None}]
+                          "latest_choices_at_start": 0}]
     async with seeded.engine.connect() as connection:
         metal = (await connection.execute(text(
             "SELECT * FROM machine_image_version_metal WHERE id = :id"),

@@ -56,7 +56,7 @@ async def test_the_seeds_post_creates_a_capturing_version(api: Api) -> None:
     assert strand.stack[0] == {"source_vm_id": ubid.to_ubid(vm_id),
                                "vm_host_id": ubid.to_ubid(api.world.host_id),
                                "destroy_source_after": True, "set_as_latest": True,
-                               "latest_at_start": None}
+                               "latest_choices_at_start": 0}
 
 
 async def test_version_refusals_change_nothing(api: Api) -> None:

@@ -341,3 +341,38 @@ async def test_an_operator_setting_latest_and_a_destroy_of_it_serialise_on_the_i
         await destroying
     assert await latest(world) == ids["v2"]  # moved off v1 once the operator's choice landed
     assert await drive(runner, world.engine, ids["v1"], None) is None
+
+
+async def test_a_move_by_destroy_is_no_choice_but_an_operators_pick_stands(
+        world: World, runner: StrandRunner) -> None:
+    ids = await ready_versions(world, runner, "v0", "v1")
+    vm_id, _, _ = await world.vm("src-v2")
+    v2 = await world.capture(vm_id, "v2")  # begins while v1 is latest
+    async with world.engine.begin() as connection:
+        await versions.request_destroy(connection, world.image_id, "v1")
+    assert await drive(runner, world.engine, ids["v1"], None) is None
+    assert await latest(world) == ids["v0"]  # moved to the newest ready sibling
+    await drive(runner, world.engine, v2, "wait")
+    assert await latest(world) == v2  # that move was no one's choice
+
+    vm_id, _, _ = await world.vm("src-v3")
+    v3 = await world.capture(vm_id, "v3")  # begins while v2 is latest
+    async with world.engine.begin() as connection:  # an operator rolls back meanwhile
+        await machine_image.set_latest(connection, world.image_id, "v0")
+        await versions.request_destroy(connection, world.image_id, "v2")
+    assert await drive(runner, world.engine, v2, None) is None
+    await drive(runner, world.engine, v3, "wait")
+    assert await latest(world) == ids["v0"]  # the pick stands, though v2 has gone since
+
+
+async def test_a_frame_in_the_references_shape_takes_latest_as_the_reference_does(
+        world: World, runner: StrandRunner) -> None:
+    await ready_versions(world, runner, "v0", "v1")
+    vm_id, _, _ = await world.vm("src-v2")
+    v2 = await world.capture(vm_id, "v2")
+    await strands.execute(world.engine, "UPDATE strand SET stack = jsonb_set(stack, '{0}',"
+                          " (stack -> 0) - 'latest_choices_at_start') WHERE id = :id", id=v2)
+    async with world.engine.begin() as connection:
+        await machine_image.set_latest(connection, world.image_id, "v0")
+    await drive(runner, world.engine, v2, "wait")
+    assert await latest(world) == v2  # over the pick made meanwhile: the last finisher wins
