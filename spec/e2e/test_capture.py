@@ -132,14 +132,16 @@ async def test_an_ssh_cut_mid_archive_does_not_stop_the_capture(
     assert world.host is not None
     # Respirate connects only to poll the unit: cut the first connection it opens.
     cut: list[int] = []
+    progress: dict[str, int] = {}
 
     async def cut_one() -> bool:
         for pid in sessions_of(world.host):  # type: ignore[arg-type]
             os.kill(pid, signal.SIGKILL)
             cut.append(pid)
+        if cut:  # at once: the unit's files stay until respirate next polls it
+            progress.update(json.loads(progress_file(version_id).read_text()))
         return bool(cut)
     await eventually(cut_one, 60, "an SSH connection of respirate's cut")
-    progress = json.loads(progress_file(version_id).read_text())
     assert progress["bytes_done"] < progress["bytes_total"]  # the cut came mid-archive
     await until_status(world, version_id, "ready")
     assert await restore(world, version_id, world.disks / "restored.raw") == digest

@@ -58,10 +58,22 @@ def api_server(database_url: str, log: Path, *args: str) -> Iterator[Served]:
         yield Served(base, server)
     finally:
         server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
+        if not _exited_unreaped(server.pid, 10):
             server.kill()
-            server.wait()
+        # While the supervisor is an unreaped zombie its pid cannot name another group.
         with suppress(ProcessLookupError):  # workers the supervisor did not stop
             os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _exited_unreaped(pid: int, seconds: float) -> bool:
+    """Whether the child `pid` exits within `seconds`; it is left for `wait` to reap."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # the test reaped it already
+            return True
+        time.sleep(0.05)
+    return False

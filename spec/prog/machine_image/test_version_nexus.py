@@ -143,7 +143,8 @@ async def test_destroying_a_version_removes_its_objects_and_rows_and_moves_lates
 
 async def test_destroy_while_archiving_stops_the_unit_and_unpins_the_vm(
         world: World, runner: StrandRunner, logs: list[dict[str, Any]]) -> None:
-    vm_id, disk, _ = await world.vm("src", size=256 * MIB, extents=[(0, 256 * MIB)])
+    # Seconds of archive work here, so that the destroy surely finds it running.
+    vm_id, disk, _ = await world.vm("src", size=512 * MIB, extents=[(0, 512 * MIB)])
     version_id = await world.capture(vm_id, "v1", destroy_source=True)
     await runner.run(version_id)  # starts the archive unit
     async with world.engine.begin() as connection:
