@@ -86,5 +86,5 @@ def page(query: Mapping[str, str]) -> Page:
     order = query.get("order_column", "id")
     if order not in ORDER_COLUMNS:
         raise ValidationFailed({"order_column": "Supported values: id, name"})
-    after = query.get("start_after")
+    after = query.get("start_after") or None  # empty: from the start, whatever the order
     return Page(after and no_nul(after, "start_after"), min(max(size, 1), MAX_PAGE), order)

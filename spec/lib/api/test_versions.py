@@ -260,6 +260,8 @@ async def test_versions_are_paged_by_id_or_label_and_counted_whole(api: Api) -> 
     assert await page(order_column="name") == (["v1", "v2", "v3"], 3)
     assert await page(order_column="name", start_after="v1", page_size=1) == (["v2"], 3)
     assert await page(start_after="not-an-id") == ([], 3)  # nothing after it; still the total
+    assert await page(start_after="") == (["v3", "v1", "v2"], 3)  # empty: from the start
+    assert await page(start_after="", order_column="name") == (["v1", "v2", "v3"], 3)
     assert await page(page_size=0) == (["v3"], 3)  # clamped to 1..1000
     assert await page(page_size=5000) == (["v3", "v1", "v2"], 3)
 
