@@ -35,6 +35,12 @@ def create_engine(url: URL | str, *, pool_size: int = 5, application_name: str =
     )
 
 
+def text_or_none(value: str) -> str | None:
+    """A string to compare with a text column: PostgreSQL text cannot hold NUL, so a value
+    with one matches nothing, and is bound as NULL rather than refused by the driver."""
+    return None if "\x00" in value else value
+
+
 @asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """`engine.begin()`, with refusals the database enforces (some only at commit) raised as

@@ -81,4 +81,3 @@ class InvalidCredentials(ApiError):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": 401, "type": self.type, "message": self.message}}
-

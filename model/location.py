@@ -9,6 +9,7 @@ from sqlalchemy import String, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
+from lib import db
 from lib.errors import InvalidLocation
 from model.base import Base
 
@@ -23,9 +24,8 @@ class Location(Base):
 
 async def by_name(connection: AsyncConnection, name: str) -> uuid.UUID:
     """The location's id; InvalidLocation (naming those that exist) when there is none."""
-    # PostgreSQL text cannot hold NUL, and no location is named with one.
-    found = None if "\x00" in name else (await connection.execute(
-        text("SELECT id FROM location WHERE name = :name"), {"name": name})).scalar()
+    found = (await connection.execute(text("SELECT id FROM location WHERE name = :name"),
+                                      {"name": db.text_or_none(name)})).scalar()
     if found is None:
         raise await unknown(connection)
     return uuid.UUID(str(found))

@@ -1,7 +1,8 @@
 """`machine_image_store`: where a location's archives live — a directory or an S3 bucket.
 
 A row with no project is the location's default store, used by every project that has no
-store of its own there. S3 credentials are sealed under the master key, bound to their row.
+store of its own there (a capture resolves it in its request statement, assemble's
+`_REQUEST`). S3 credentials are sealed under the master key, bound to their row.
 """
 
 from __future__ import annotations
@@ -73,16 +74,6 @@ async def create(connection: AsyncConnection, *, location_id: uuid.UUID,
          "access": seal(access_key, "access_key_sealed"),
          "secret": seal(secret_key, "secret_key_sealed")})
     return store_id
-
-
-async def resolve(connection: AsyncConnection, project_id: uuid.UUID,
-                  location_id: uuid.UUID) -> uuid.UUID | None:
-    """The project's own store in the location, else the location's default, else None."""
-    return (await connection.execute(text(
-        "SELECT id FROM machine_image_store WHERE location_id = :location_id"
-        " AND (project_id = :project_id OR project_id IS NULL)"
-        " ORDER BY project_id IS NULL LIMIT 1"),
-        {"project_id": project_id, "location_id": location_id})).scalar()
 
 
 async def description(connection: AsyncConnection, store_id: uuid.UUID,

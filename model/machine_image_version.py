@@ -171,18 +171,13 @@ async def _check_source(connection: AsyncConnection, vm_id: uuid.UUID, image_arc
     return uuid.UUID(str(vm.vm_host_id))
 
 
-def _text_or_none(value: str) -> str | None:
-    """PostgreSQL text cannot hold NUL: such a name matches nothing, so ask for nothing."""
-    return None if "\x00" in value else value
-
-
 async def _request(connection: AsyncConnection, capture: Capture, label: str,
                    vm_id: uuid.UUID | None, default_quota: int) -> Any:
     by_id = ubid.is_valid(capture.image, ubid.TYPE_MACHINE_IMAGE)
     row = (await connection.execute(_REQUEST, {
-        "location": _text_or_none(capture.location), "project_id": capture.project_id,
+        "location": db.text_or_none(capture.location), "project_id": capture.project_id,
         "image_id": ubid.to_uuid(capture.image) if by_id else None,
-        "image_name": _text_or_none(capture.image),
+        "image_name": db.text_or_none(capture.image),
         "label": label if LABEL.fullmatch(label) else None, "vm_id": vm_id,
         "default_quota": default_quota,
         "default_quota_setting": str(default_quota)})).one_or_none()

@@ -49,6 +49,7 @@ _VERSION_PAGES = {
 _VERSION_COUNT = text("SELECT count(*) FROM machine_image_version"
                       " WHERE machine_image_id = :image_id")
 
+
 def timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 

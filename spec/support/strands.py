@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Any
@@ -11,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lib import ubid
+from spec.support.processes import eventually
 
 
 async def create(engine: AsyncEngine, label: str, *, prog: str = "Test",
@@ -45,11 +45,8 @@ async def execute(engine: AsyncEngine, sql: str, **params: Any) -> None:
 
 async def wait_for_lock_waiter(engine: AsyncEngine) -> None:
     """Return once some session of this database waits for a lock (a test's racing step
-    has reached its wait); fail after 10 s."""
-    waiting = ("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE"
-               " datname = current_database() AND wait_event_type = 'Lock')")
-    async with asyncio.timeout(10):
-        while True:  # the database is polled: there is no event to wait on
-            if await scalar(engine, waiting):
-                return
-            await asyncio.sleep(0.01)
+    has reached its wait)."""
+    async def waiting() -> bool:
+        return bool(await scalar(engine, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE"
+                                 " datname = current_database() AND wait_event_type = 'Lock')"))
+    await eventually(waiting, 10, "a session waiting for a lock")

@@ -105,10 +105,14 @@ async def test_path_parameters_must_match_their_patterns(api: Api) -> None:
 
 
 async def test_an_unknown_location_names_the_available_ones(api: Api) -> None:
-    path = api.base.replace("/lab/", "/moon/")
-    error(await api.get(path), 404, "InvalidLocation",
-          "Validation failed for following path components: location",
-          {"location": "Given location is not a valid location. Available locations: lab"})
+    for location in ("moon", "lab%00"):  # a NUL, which PostgreSQL text cannot hold
+        path = api.base.replace("/lab/", f"/{location}/")
+        for response in (await api.get(path), await api.post(f"{path}/base/version/v1",
+                                                             {"vm": "x" * 26})):
+            error(response, 404, "InvalidLocation",
+                  "Validation failed for following path components: location",
+                  {"location": "Given location is not a valid location. Available locations:"
+                               " lab"})
 
 
 @pytest.mark.parametrize(("body", "details"), [
