@@ -42,9 +42,14 @@ async def _name_taken(connection: AsyncConnection, project_id: uuid.UUID,
         {"project_id": project_id, "location_id": location_id, "name": name})).scalar())
 
 
-def _limits() -> versions.Limits:
-    settings = config.load()
-    return versions.Limits(settings.max_capture_gib, settings.version_quota)
+def _limits(request: Request) -> versions.Limits:
+    """The capture limits of the configuration, read once per app: not on every request."""
+    limits: versions.Limits | None = getattr(request.app.state, "limits", None)
+    if limits is None:
+        settings = config.load()
+        limits = request.app.state.limits = versions.Limits(settings.max_capture_gib,
+                                                            settings.version_quota)
+    return limits
 
 
 @router.get("/project/{project_id}/machine-image")
@@ -93,7 +98,7 @@ async def create_image(request: Request, project_id: str, location: str,
         capture = versions.Capture(owner, location, ubid.to_ubid(image_id), body["vm"],
                                    body.get("version") or None,
                                    body.get("destroy_source", False))
-        await versions.assemble(current.connection, capture, _limits(),
+        await versions.assemble(current.connection, capture, _limits(request),
                                 master_key=crypto.master_key())
         return await render.image(current.connection, owner, image_id)
 
@@ -183,7 +188,7 @@ async def create_version(request: Request, project_id: str, location: str, refer
         owner = current.project(project_id)
         capture = versions.Capture(owner, location, reference, body["vm"], version,
                                    body.get("destroy_source", False))
-        version_id = await versions.assemble(current.connection, capture, _limits(),
+        version_id = await versions.assemble(current.connection, capture, _limits(request),
                                              master_key=crypto.master_key())
         current.resource = ubid.to_ubid(version_id)
         return await render.version(current.connection, version_id)
